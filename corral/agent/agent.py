@@ -1,0 +1,181 @@
+"""The agent process: a few threads around one reconciler.
+
+    channel   long-polls the server for this host's desired set (and log requests)
+    reporter  heartbeats every interval (jittered) and pushes status changes at once
+    events    follows the engine's events for owned containers, to react to exits
+    main      runs reconcile passes when something changed, or every few seconds
+
+Facts go up only when they change; instance statuses only when they change (a
+full set after each reconnect), so an idle host's heartbeat is a few bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from corral.agent import facts as facts_mod
+from corral.agent.logs import LogSender
+from corral.agent.reconciler import Reconciler
+from corral.agent.runtime.docker import DockerClient, DockerError
+from corral.agent.session import ServerError, ServerSession, Unreachable
+from corral.agent.state import StateDir
+from corral.model import LABEL_HOST, DesiredSet
+
+log = logging.getLogger("corral.agent")
+
+RESYNC_EVERY = 5.0  # seconds between reconcile passes when nothing happens
+FACTS_EVERY = 60.0
+
+
+class Agent:
+    def __init__(self, session: ServerSession, docker: DockerClient, state: StateDir, host_id: str,
+                 labels: dict[str, str], hostname: str | None = None, heartbeat: float = 10.0) -> None:
+        self.session = session
+        self.docker = docker
+        self.state = state
+        self.host_id = host_id
+        self.labels = labels
+        self.hostname = hostname
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._wake_reconcile = threading.Event()
+        self._wake_report = threading.Event()
+        self._dirty = threading.Lock()
+        self._full_status = True
+        self._facts_sent: dict[str, Any] | None = None
+        self._facts: dict[str, Any] = {}
+        self._facts_at = 0.0
+        self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed)
+        self.logs = LogSender(session, docker, host_id)
+        saved = state.desired()
+        if saved is not None:
+            self.reconciler.set_desired(saved)
+            log.info("loaded desired set revision %d (%d instances) from disk",
+                     saved.revision, len(saved.instances))
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._channel_loop, name="channel", daemon=True),
+                   threading.Thread(target=self._report_loop, name="reporter", daemon=True),
+                   threading.Thread(target=self._events_loop, name="events", daemon=True)]
+        for t in threads:
+            t.start()
+        self._reconcile_loop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake_reconcile.set()
+        self._wake_report.set()
+
+    # -- reconcile ------------------------------------------------------------
+
+    def _status_changed(self) -> None:
+        self._wake_report.set()
+
+    def _reconcile_loop(self) -> None:
+        engine_ok = True
+        while not self._stop.is_set():
+            self._wake_reconcile.clear()
+            try:
+                self.reconciler.run_once()
+                if not engine_ok:
+                    log.info("engine answers again: converged")
+                engine_ok = True
+            except DockerError as exc:
+                if engine_ok:
+                    log.warning("engine unavailable (%s): nothing is stopped; retrying", exc)
+                engine_ok = False
+            wait = RESYNC_EVERY if engine_ok else 1.0
+            wait = max(0.05, min(wait, self.reconciler.next_due - time.time()))
+            self._wake_reconcile.wait(wait)
+
+    def poke(self) -> None:
+        self._wake_reconcile.set()
+
+    # -- server channel ---------------------------------------------------------
+
+    def _apply_desired(self, body: dict[str, Any]) -> None:
+        desired = DesiredSet.from_dict(body)
+        if desired.revision == self.reconciler.desired.revision:
+            return
+        self.state.save_desired(desired)  # on disk before acting on it
+        self.reconciler.set_desired(desired)
+        log.info("desired set revision %d: %d instances", desired.revision, len(desired.instances))
+        self.poke()
+
+    def _channel_loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                body = self.session.call("GET", f"/api/v1/agent/channel?revision={self.reconciler.desired.revision}"
+                                         "&wait=25", timeout=40)
+                backoff = 1.0
+            except (Unreachable, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.status in (401, 403):
+                    log.error("server refused this host's credential (%s); keeping containers as they are", exc)
+                else:
+                    log.warning("server unreachable (%s); keeping containers as they are", exc)
+                self._stop.wait(backoff + random.random())
+                backoff = min(backoff * 2, 15.0)
+                continue
+            if "desired" in body:
+                self._apply_desired(body["desired"])
+            for req in body.get("log_requests") or []:
+                self.logs.start(req)
+
+    # -- reports ----------------------------------------------------------------
+
+    def _current_facts(self) -> dict[str, Any]:
+        now = time.time()
+        if now - self._facts_at >= FACTS_EVERY or not self._facts:
+            self._facts = facts_mod.collect_facts(self.docker, self.labels, self.hostname)
+            self._facts_at = now
+        return self._facts
+
+    def _report_loop(self) -> None:
+        sent: dict[str, Any] = {}
+        next_beat = 0.0
+        while not self._stop.is_set():
+            now = time.time()
+            facts = self._current_facts()
+            statuses = {s.instance_id: s.to_dict() for s in self.reconciler.statuses()}
+            changed = [v for k, v in statuses.items() if sent.get(k) != v]
+            if not changed and now < next_beat:
+                self._wake_report.wait(next_beat - now)
+                self._wake_report.clear()
+                continue
+            body: dict[str, Any] = {"revision": self.reconciler.desired.revision}
+            if facts != self._facts_sent:
+                body["facts"] = facts
+            if changed:
+                body["instances"] = changed
+            try:
+                reply = self.session.call("POST", "/api/v1/agent/status", body)
+                self._facts_sent = facts
+                sent = statuses if not changed else {**sent, **{c["instance_id"]: c for c in changed}}
+                self.heartbeat = float(reply.get("heartbeat_interval", self.heartbeat))
+            except (Unreachable, ServerError) as exc:
+                log.debug("heartbeat failed: %s", exc)
+                sent = {}  # after the link returns, send everything again
+                self._facts_sent = None
+            next_beat = time.time() + self.heartbeat * random.uniform(0.9, 1.1)
+
+    # -- engine events ----------------------------------------------------------
+
+    def _events_loop(self) -> None:
+        filters = {"type": ["container"], "label": [f"{LABEL_HOST}={self.host_id}"],
+                   "event": ["die", "start", "destroy", "oom", "stop"]}
+        while not self._stop.is_set():
+            try:
+                with self.docker.events(filters) as stream:
+                    self.poke()  # the stream (re)opened: the engine may have restarted
+                    for _ in stream:
+                        self.poke()
+            except (DockerError, OSError) as exc:
+                log.debug("engine events: %s", exc)
+            self._stop.wait(1.0)

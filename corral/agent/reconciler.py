@@ -1,0 +1,203 @@
+"""Make the local Docker Engine run exactly the host's desired set.
+
+One pass lists the containers this host owns (by label: the agent never
+touches anything else on the engine), then for each desired instance makes
+sure one container with the current spec exists and runs (pull, create,
+start, restart per policy with backoff), and removes owned containers that are
+not desired (or are duplicates).  Passes run on one thread; the work for
+different instances within a pass runs on a small pool.
+
+Safety rule: the desired set only changes when the server sends a new one.
+Losing the server, an engine error or an agent restart never stops anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from corral import model
+from corral.agent.restart import RestartBook, on_exit
+from corral.agent.runtime.docker import ContainerInfo, DockerClient, DockerError, PullError
+from corral.model import DesiredSet, InstanceSpec, InstanceStatus
+
+log = logging.getLogger("corral.agent")
+
+PULL_RETRY = 10.0
+
+
+def parse_docker_time(text: str) -> float:
+    """'2026-11-26T01:16:29.123456789Z' -> epoch seconds (0.0 for Docker's zero time)."""
+    if not text or text.startswith("0001-"):
+        return 0.0
+    main, _, frac = text.rstrip("Z").partition(".")
+    ts = dt.datetime.fromisoformat(main).replace(tzinfo=dt.timezone.utc).timestamp()
+    return ts + (float("0." + frac[:6]) if frac else 0.0)
+
+
+class Reconciler:
+    def __init__(self, docker: DockerClient, host_id: str, on_change: Callable[[], None],
+                 clock: Callable[[], float] = time.time, workers: int = 4) -> None:
+        self.docker = docker
+        self.host_id = host_id
+        self._on_change = on_change
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        self._lock = threading.Lock()
+        self._desired = DesiredSet(-1, [])
+        self._books: dict[str, RestartBook] = {}
+        self._pull_retry_at: dict[str, float] = {}
+        self._statuses: dict[str, InstanceStatus] = {}
+        self.next_due: float = float("inf")  # earliest pending restart or pull retry
+
+    # -- inputs and outputs ---------------------------------------------------
+
+    def set_desired(self, desired: DesiredSet) -> None:
+        with self._lock:
+            self._desired = desired
+            wanted = {i.id for i in desired.instances}
+            for table in (self._books, self._pull_retry_at, self._statuses):
+                for iid in [k for k in table if k not in wanted]:
+                    del table[iid]
+
+    @property
+    def desired(self) -> DesiredSet:
+        return self._desired
+
+    def statuses(self) -> list[InstanceStatus]:
+        with self._lock:
+            return [InstanceStatus(**vars(s)) for s in self._statuses.values()]
+
+    def _report(self, iid: str, state: str, *, since: float | None = None, container_id: str = "",
+                exit_code: int | None = None, error: str = "") -> None:
+        book = self._books.get(iid, RestartBook())
+        with self._lock:
+            old = self._statuses.get(iid)
+            if (old and old.state == state and old.container_id == container_id and old.exit_code == exit_code
+                    and old.error == error and old.restarts == book.restarts):
+                return
+            self._statuses[iid] = InstanceStatus(iid, state, since if since is not None else self._clock(),
+                                                 container_id, exit_code, error, book.restarts)
+        self._on_change()
+
+    # -- one pass -------------------------------------------------------------
+
+    def owned(self) -> list[ContainerInfo]:
+        return self.docker.list_containers(labels={model.LABEL_HOST: self.host_id})
+
+    def run_once(self) -> None:
+        """One full pass. Raises DockerError if the engine cannot be listed (nothing is touched then)."""
+        desired = self._desired
+        containers = self.owned()
+        by_instance: dict[str, list[ContainerInfo]] = {}
+        for c in containers:
+            by_instance.setdefault(c.labels.get(model.LABEL_INSTANCE, ""), []).append(c)
+        wanted = {i.id for i in desired.instances}
+        stale = [c for iid, cs in by_instance.items() if iid not in wanted for c in cs]
+        self.next_due = float("inf")
+        jobs = [self._pool.submit(self._ensure, spec, by_instance.get(spec.id, [])) for spec in desired.instances]
+        jobs += [self._pool.submit(self._remove, c) for c in stale]
+        for job in jobs:
+            job.result()
+
+    def _remove(self, c: ContainerInfo) -> None:
+        log.info("removing %s (no longer desired)", c.name)
+        try:
+            if c.state == "running":
+                self.docker.stop(c.id, timeout=10)
+            self.docker.remove(c.id, force=True)
+        except DockerError as exc:
+            log.warning("could not remove %s: %s", c.name, exc)
+
+    def _due(self, at: float) -> None:
+        self.next_due = min(self.next_due, at)
+
+    def _ensure(self, spec: InstanceSpec, found: list[ContainerInfo]) -> None:
+        try:
+            self._ensure_inner(spec, found)
+        except DockerError as exc:
+            log.warning("instance %s: %s", spec.name, exc)
+            self._report(spec.id, model.FAILED, error=str(exc))
+            self._due(self._clock() + 5)
+
+    def _ensure_inner(self, spec: InstanceSpec, found: list[ContainerInfo]) -> None:
+        want_hash = spec.spec_hash()
+        current = [c for c in found if c.labels.get(model.LABEL_SPEC) == want_hash]
+        # keep one container: a running one with the current spec if there is one
+        current.sort(key=lambda c: (c.state != "running", -c.created))
+        keep = current[0] if current else None
+        for c in found:
+            if c is not keep:
+                self._remove(c)
+        if keep is None:
+            self._create_and_start(spec)
+        elif keep.state == "running":
+            old = self._statuses.get(spec.id)
+            if old is None or old.state != model.RUNNING or old.container_id != keep.id:
+                started = parse_docker_time(self.docker.inspect_container(keep.id)["State"].get("StartedAt", ""))
+                self._report(spec.id, model.RUNNING, since=started or None, container_id=keep.id)
+        elif keep.state in ("exited", "dead", "created"):
+            self._handle_exit(spec, keep)
+        # paused / restarting / removing: the engine is busy with it; look again next pass
+
+    def _handle_exit(self, spec: InstanceSpec, c: ContainerInfo) -> None:
+        now = self._clock()
+        book = self._books.setdefault(spec.id, RestartBook())
+        state = self.docker.inspect_container(c.id)["State"]
+        exit_code = int(state.get("ExitCode", 0))
+        finished = str(state.get("FinishedAt", ""))
+        if c.state == "created":  # created but never started (agent died in between)
+            book.next_start = now
+        elif book.exit_seen_for != finished:
+            book.exit_seen_for = finished
+            ran_for = parse_docker_time(finished) - parse_docker_time(str(state.get("StartedAt", "")))
+            decision = on_exit(spec.restart, exit_code, ran_for, now, book)
+            if not decision.restart:
+                book.next_start = float("inf")
+                self._report(spec.id, model.EXITED, since=parse_docker_time(finished) or None,
+                             container_id=c.id, exit_code=exit_code, error=decision.reason)
+                return
+        if book.next_start == float("inf"):
+            return
+        if book.next_start > now:
+            self._report(spec.id, model.RESTARTING, container_id=c.id, exit_code=exit_code,
+                         error=f"exited with code {exit_code}; restarting in {book.next_start - now:.0f}s")
+            self._due(book.next_start)
+            return
+        if c.state != "created":
+            book.restarts += 1
+        self.docker.start(c.id)
+        self._report(spec.id, model.RUNNING, container_id=c.id)
+
+    def _create_and_start(self, spec: InstanceSpec) -> None:
+        now = self._clock()
+        if not self.docker.image_present(spec.image):
+            if self._pull_retry_at.get(spec.id, 0.0) > now:
+                self._due(self._pull_retry_at[spec.id])
+                return
+            self._report(spec.id, model.PULLING)
+            try:
+                self.docker.pull(spec.image)
+            except PullError as exc:
+                self._pull_retry_at[spec.id] = now + PULL_RETRY
+                self._due(now + PULL_RETRY)
+                self._report(spec.id, model.PULL_FAILED, error=exc.message)
+                return
+        labels = {**spec.labels, model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id,
+                  model.LABEL_INSTANCE: spec.id, model.LABEL_SERVICE: spec.service,
+                  model.LABEL_SPEC: spec.spec_hash()}
+        self._report(spec.id, model.STARTING)
+        cid = self.docker.create_container(spec.name, spec.image, command=spec.command, env=spec.env,
+                                           labels=labels, ports=spec.ports)
+        try:
+            self.docker.start(cid)
+        except DockerError as exc:
+            # e.g. a port already taken: keep the container, report, and retry with backoff
+            self._report(spec.id, model.FAILED, container_id=cid, error=exc.message)
+            self._due(now + 5)
+            return
+        self._report(spec.id, model.RUNNING, container_id=cid)

@@ -1,0 +1,76 @@
+"""The agent protocol: register, heartbeat/status, the long-poll channel, logs.
+
+The agent dials out; the server never connects to it.  The channel is a long
+poll: the agent sends the revision it holds and the server answers as soon as
+the host's revision differs (with the whole desired set) or a log request is
+waiting, or after ``wait`` seconds with nothing new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+
+from corral import tokens
+from corral.api.auth import require_host, require_join, server_state
+from corral.api.errors import store_errors
+from corral.api.schemas import Heartbeat, LogChunk, Register
+from corral.model import InstanceStatus
+from corral.server.state import ServerState
+from corral.store.tables import HostRow
+
+router = APIRouter(prefix="/api/v1/agent")
+
+
+@router.post("/register", dependencies=[Depends(require_join)], status_code=201)
+def register(body: Register, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    secret = tokens.new_secret()
+    name = body.name or str(body.facts.get("hostname") or "host")
+    host = state.store.create_host(name, body.facts, body.labels, tokens.hash_secret(secret))
+    state.services.reconcile_all()
+    return {
+        "host_id": host.id,
+        "credential": str(tokens.Token(tokens.HOST, host.id, secret)),
+        "heartbeat_interval": state.heartbeat_interval,
+    }
+
+
+@router.post("/status")
+def status(body: Heartbeat, host: HostRow = Depends(require_host),
+           state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    statuses = [InstanceStatus.from_dict(s.model_dump()) for s in body.instances or []]
+    with store_errors():
+        came_back = state.store.heartbeat(host.id, body.facts, statuses)
+    if came_back:
+        state.services.reconcile_all()
+    return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
+
+
+@router.get("/channel")
+async def channel(revision: int = Query(default=-1), wait: float = Query(default=25.0, ge=0, le=120),
+                  host: HostRow = Depends(require_host),
+                  state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        seen = state.notifier.seq(host.id)
+        current = await run_in_threadpool(state.store.host_revision, host.id)
+        if current != revision or state.logs.has_pending(host.id):
+            body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id)}
+            if current != revision:
+                body["desired"] = (await run_in_threadpool(state.store.desired_set, host.id)).to_dict()
+            return body
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return {"revision": current, "log_requests": []}
+        # Wake on notify; re-read the store now and then in case another server replica wrote.
+        await state.notifier.wait(host.id, seen, min(remaining, 5.0))
+
+
+@router.post("/logs/{request_id}")
+async def logs(request_id: str, body: LogChunk, host: HostRow = Depends(require_host),
+               state: ServerState = Depends(server_state)) -> dict[str, bool]:
+    return {"continue": state.logs.deliver(host.id, request_id, body.lines, body.eof)}

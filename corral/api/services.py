@@ -1,0 +1,114 @@
+"""Services, their instances and their logs (admin only)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from corral.api.auth import require_admin, server_state
+from corral.api.errors import store_errors
+from corral.api.schemas import ServiceCreate, ServiceScale
+from corral.api.views import instance_json, service_json
+from corral.server.state import ServerState
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
+
+
+def _service_body(state: ServerState, name: str, with_instances: bool = True) -> dict[str, Any]:
+    with store_errors():
+        row = state.store.get_service(name)
+    hosts = {h.id: h for h in state.store.list_hosts()}
+    return service_json(row, state.store.list_instances(service_id=row.id), hosts, with_instances)
+
+
+@router.post("/services", status_code=201)
+def create_service(body: ServiceCreate, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    with store_errors():
+        state.store.create_service(body.name, body.spec(), body.replicas)
+    state.services.reconcile(body.name)
+    return _service_body(state, body.name)
+
+
+@router.get("/services")
+def list_services(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
+    hosts = {h.id: h for h in state.store.list_hosts()}
+    by_service: dict[str, list[Any]] = {}
+    for inst in state.store.list_instances():
+        by_service.setdefault(inst.service_id, []).append(inst)
+    return [service_json(s, by_service.get(s.id, []), hosts) for s in state.store.list_services()]
+
+
+@router.get("/services/{name}")
+def get_service(name: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    return _service_body(state, name)
+
+
+@router.patch("/services/{name}")
+def scale_service(name: str, body: ServiceScale, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    with store_errors():
+        state.store.set_replicas(name, body.replicas)
+    state.services.reconcile(name)
+    return _service_body(state, name)
+
+
+@router.delete("/services/{name}", status_code=204)
+def delete_service(name: str, state: ServerState = Depends(server_state)) -> Response:
+    with store_errors():
+        hosts = state.store.delete_service(name)
+    state.notifier.notify(hosts)
+    return Response(status_code=204)
+
+
+@router.get("/instances")
+def list_instances(service: str | None = None, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
+    names = {s.id: s.name for s in state.store.list_services()}
+    service_id = None
+    if service is not None:
+        with store_errors():
+            service_id = state.store.get_service(service).id
+    hosts = {h.id: h for h in state.store.list_hosts()}
+    return [instance_json(i, names.get(i.service_id, "?"), hosts)
+            for i in state.store.list_instances(service_id=service_id)]
+
+
+@router.get("/services/{name}/logs")
+async def service_logs(name: str, follow: bool = False, tail: int | None = Query(default=None, ge=0),
+                       state: ServerState = Depends(server_state)) -> StreamingResponse:
+    body = await run_in_threadpool(_service_body, state, name)
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    requests = []
+    notes = []
+    for inst in body["instances"]:
+        prefix = f"{inst['name']}@{inst['host_name']}"
+        if inst["host_state"] != "ready":
+            notes.append(f"{prefix} | (host is {inst['host_state']}: no logs from it now)")
+            continue
+        requests.append(state.logs.open(inst["host_id"], inst["id"], prefix, follow, tail, queue))
+    return StreamingResponse(_stream(state, queue, requests, notes, follow), media_type="text/plain")
+
+
+async def _stream(state: ServerState, queue: asyncio.Queue[str | None], requests: list[Any],
+                  notes: list[str], follow: bool) -> AsyncIterator[str]:
+    open_requests = len(requests)
+    quiet_limit = None if follow else 15.0  # a host that never answers does not hang `corral logs`
+    try:
+        for note in notes:
+            yield note + "\n"
+        while open_requests:
+            try:
+                line = await asyncio.wait_for(queue.get(), quiet_limit)
+            except asyncio.TimeoutError:
+                yield "(some hosts did not answer)\n"
+                return
+            if line is None:
+                open_requests -= 1
+                continue
+            yield line + "\n"
+    finally:
+        for req in requests:
+            state.logs.close(req.id)

@@ -1,0 +1,77 @@
+"""Store rows -> the JSON the API returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from corral.model import RUNNING
+from corral.store.tables import HostRow, InstanceRow, ServiceRow
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "state": row.state,
+        "platform": row.platform,
+        "engine_platform": row.engine_platform,
+        "labels": row.labels,
+        "facts": row.facts,
+        "created_at": iso(row.created_at),
+        "last_seen": iso(row.last_seen),
+        "revision": row.revision,
+        "instances": instances,
+    }
+
+
+def instance_json(row: InstanceRow, service_name: str, hosts: Mapping[str, HostRow]) -> dict[str, Any]:
+    host = hosts.get(row.host_id)
+    return {
+        "id": row.id,
+        "name": f"{service_name}.{row.slot}",
+        "service": service_name,
+        "slot": row.slot,
+        "host_id": row.host_id,
+        "host_name": host.name if host else "",
+        "host_state": host.state if host else "gone",
+        "platform": row.platform,
+        "image": row.spec.get("image", ""),
+        "state": row.state,
+        "desired_state": "running",
+        "exit_code": row.exit_code,
+        "error": row.error,
+        "since": iso(row.since),
+        "container_id": row.container_id,
+        "restarts": row.restarts,
+        "emulated": row.emulated,
+    }
+
+
+def running_count(instances: Iterable[InstanceRow], hosts: Mapping[str, HostRow]) -> int:
+    return sum(1 for i in instances if i.state == RUNNING and i.host_id in hosts
+               and hosts[i.host_id].state == "ready")
+
+
+def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Mapping[str, HostRow],
+                 with_instances: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "mode": "replicated",
+        "replicas": row.replicas,
+        **row.spec,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+        "running": running_count(instances, hosts),
+        "desired": row.replicas,
+        "pending_reason": row.pending_reason,
+    }
+    if with_instances:
+        body["instances"] = [instance_json(i, row.name, hosts) for i in instances]
+    return body

@@ -1,0 +1,519 @@
+"""The ``corral`` command: a Typer app whose commands are thin over the API client.
+
+Layout: every command (1) validates its arguments locally
+(:mod:`corral.cli.parsing`, usage errors exit 2), (2) opens a client from the
+login (:func:`corral.cli.session.open_client`), (3) calls the API and (4)
+prints a table or panel (:mod:`corral.cli.render`) or, with ``-o json``, the
+API objects verbatim (:func:`corral.cli.output.print_json`).
+
+Failures are not handled command by command: :class:`CorralGroup`, the root
+group, catches every :class:`~corral.cli.errors.CLIError` (API errors,
+connection and TLS failures, no login) and prints ``error: <message>`` in
+red on stderr with exit code 1.  Usage errors stay Typer's (exit 2).
+
+Startup is kept cheap: httpx, Rich and the command helpers are imported
+inside the commands that need them, so ``corral --help`` loads Typer only.
+``server`` and ``agent`` hand their arguments, untouched, to
+``corral.server.main.run`` and ``corral.agent.main.run``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from corral import __version__
+from corral.cli.errors import CLIError
+from corral.cli.output import OutputFormat
+
+if TYPE_CHECKING:
+    from corral.cli.parsing import ArgumentProblem
+
+# `Optional[...]` rather than `X | None` in parameters: Typer evaluates them at runtime.
+OutputOpt = Annotated[
+    OutputFormat,
+    typer.Option("--output", "-o", help="table for people, json (the API objects) for scripts."),
+]
+
+
+class CorralGroup(TyperGroup):
+    """The root group: one place that turns failures into ``error: …`` and exit 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from corral.cli import output
+
+        try:
+            return super().invoke(ctx)
+        except CLIError as exc:
+            output.error(str(exc))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            output.console(stderr=True).print()
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    name="corral",
+    cls=CorralGroup,
+    help="Corral: run containers across a mixed ARM / x86 fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+host_app = typer.Typer(help="List, inspect, label and remove hosts.", no_args_is_help=True)
+label_app = typer.Typer(help="Add or remove host labels (used by constraints).", no_args_is_help=True)
+service_app = typer.Typer(help="List, inspect, scale and remove services.", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens for joining hosts.", no_args_is_help=True)
+app.add_typer(host_app, name="host")
+host_app.add_typer(label_app, name="label")
+app.add_typer(service_app, name="service")
+app.add_typer(token_app, name="token")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="corral")
+
+
+def _usage(exc: "ArgumentProblem", hint: str | None = None) -> typer.BadParameter:
+    return typer.BadParameter(str(exc), param_hint=hint)
+
+
+def _show(data: Any, fmt: OutputFormat, renderable: Any = None) -> None:
+    """JSON verbatim, or a Rich renderable built lazily by ``renderable()``."""
+    from corral.cli import output
+
+    if fmt is OutputFormat.json:
+        output.print_json(data)
+    else:
+        output.console().print(renderable())
+
+
+# -- login and version --------------------------------------------------------
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(help="The server, e.g. https://10.0.0.5:7443")],
+    token: Annotated[
+        str,
+        typer.Option("--token", "-t", help="Admin token (CORRAL-A1-…).", prompt="Admin token", hide_input=True),
+    ],
+) -> None:
+    """Pin the server's CA from the admin token, check the token, save the login."""
+    import os
+
+    from corral import tokens
+    from corral.cli import client as api
+    from corral.cli import config, output, session
+
+    try:
+        url = config.normalize_url(url)
+    except config.ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="URL") from None
+    try:
+        parsed = tokens.parse(token)
+    except tokens.TokenError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token") from None
+    if parsed.kind != tokens.ADMIN:
+        kind = "a join token (CORRAL-J1-…)" if parsed.kind == tokens.JOIN else "a host credential"
+        raise typer.BadParameter(f"this is {kind}; login needs an admin token (CORRAL-A1-…)", param_hint="--token")
+    token = str(parsed)
+
+    ca_pem = api.pin_ca(url, token, fetch=session.hooks.fetch_ca)
+    with session.make_client(url, token, ca_pem) as client:
+        hosts = client.list_hosts()
+    path = config.save(config.Config(url, token, ca_pem))
+
+    output.info(f"✔ logged in to {url} ({len(hosts)} host{'s' if len(hosts) != 1 else ''})", "green")
+    if ca_pem:
+        output.info(f"  CA pinned   {tokens.fingerprint(ca_pem)}")
+    else:
+        output.warning("plain http: no TLS (the server's dev mode); the token travels in clear")
+    output.info(f"  token       {api.mask_token(token)}")
+    output.info(f"  saved to    {path}")
+    overriding = [v for v in (config.ENV_URL, config.ENV_TOKEN) if os.environ.get(v)]
+    if overriding:
+        output.warning(f"{' and '.join(overriding)} set in the environment override this login")
+
+
+@app.command()
+def version(output_format: OutputOpt = OutputFormat.table) -> None:
+    """Show the CLI's version and, when logged in, the server's."""
+    from corral.cli import config, output, session
+
+    server: dict[str, Any] | None = None
+    problem: CLIError | None = None
+    try:
+        with session.open_client() as client:
+            server = client.info()
+    except config.ConfigError as exc:
+        if str(exc) != config.NOT_LOGGED_IN:
+            problem = exc
+    except CLIError as exc:
+        problem = exc
+    if output_format is OutputFormat.json:
+        output.print_json({"client": {"version": __version__}, "server": server})
+    else:
+        output.info(f"client  {__version__}")
+        if server is not None:
+            output.info(f"server  {server.get('version', '?')}  (CA {server.get('ca_fingerprint', '?')})")
+        elif problem is None:
+            output.info("server  (not logged in)", "dim")
+    if problem is not None:
+        raise problem
+
+
+# -- hosts ----------------------------------------------------------------------
+
+
+@host_app.command("ls")
+def host_ls(output_format: OutputOpt = OutputFormat.table) -> None:
+    """List hosts."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        hosts = client.list_hosts()
+    _show(hosts, output_format, lambda: render.hosts_table(hosts))
+
+
+@host_app.command("inspect")
+def host_inspect(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Show one host: its platform, facts and labels."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        data = client.get_host(host)
+    _show(data, output_format, lambda: render.host_panel(data))
+
+
+@host_app.command("rm")
+def host_rm(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
+    """Remove hosts and revoke their credentials."""
+    from corral.cli import output, session
+
+    failed = False
+    with session.open_client() as client:
+        for host in hosts:
+            try:
+                client.remove_host(host)
+            except CLIError as exc:
+                output.error(f"{host}: {exc}")
+                failed = True
+            else:
+                output.info(host)
+    if failed:
+        raise typer.Exit(1)
+
+
+@label_app.command("add")
+def label_add(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    labels: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")],
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Set labels on a host (constraints match them: node.labels.KEY==VALUE)."""
+    from corral.cli import output, session
+    from corral.cli.parsing import ArgumentProblem, parse_label
+
+    try:
+        pairs = [parse_label(item) for item in labels]
+    except ArgumentProblem as exc:
+        raise _usage(exc, "LABELS") from None
+    with session.open_client() as client:
+        data: dict[str, Any] = {}
+        for key, value in pairs:
+            data = client.set_host_label(host, key, value)
+    _print_labels(data, output_format, output)
+
+
+@label_app.command("rm")
+def label_rm(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    keys: Annotated[list[str], typer.Argument(help="Label keys.")],
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Remove labels from a host."""
+    from corral.cli import output, session
+
+    with session.open_client() as client:
+        data: dict[str, Any] = {}
+        for key in keys:
+            data = client.remove_host_label(host, key)
+    _print_labels(data, output_format, output)
+
+
+def _print_labels(host: dict[str, Any], fmt: OutputFormat, output: Any) -> None:
+    if fmt is OutputFormat.json:
+        output.print_json(host)
+    else:
+        output.info(f"{host.get('name', '?')}: {output.kv(host.get('labels'))}")
+
+
+# -- services -------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    image: Annotated[str, typer.Argument(help="Image reference, e.g. busybox or registry:5000/app:1.2")],
+    command: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Command and arguments for the container (after the image; `--` is allowed)."),
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Service name \\[default: derived from the image].")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", "-r", help="Number of instances.")] = 1,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE (repeatable).")] = None,
+    publish: Annotated[
+        Optional[list[str]], typer.Option("--publish", "-p", help="PUBLISHED:TARGET\\[/udp] (repeatable).")
+    ] = None,
+    constraint: Annotated[
+        Optional[list[str]],
+        typer.Option("--constraint", "-c", help="Placement rule, e.g. node.labels.zone==edge (repeatable)."),
+    ] = None,
+    restart: Annotated[str, typer.Option("--restart", help="Restart condition: any, on-failure or none.")] = "any",
+    restart_max_attempts: Annotated[
+        int, typer.Option("--restart-max-attempts", help="Give up after N restarts (0: never).")
+    ] = 0,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return at once; don't wait.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the instances.")] = 60.0,
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Create a service and wait until its instances run.
+
+    Options go before the image, as with docker run:
+    corral run -n web -r 3 -p 8080:80 nginx, corral run busybox -- sh -c 'echo hi'.
+    """
+    from corral.cli import output, parsing, session
+
+    def checked(hint: str, parse: Any, *args: Any) -> Any:
+        try:
+            return parse(*args)
+        except parsing.ArgumentProblem as exc:
+            raise _usage(exc, hint) from None
+
+    if restart not in ("any", "on-failure", "none"):
+        raise typer.BadParameter(f"{restart!r} is not one of any, on-failure, none", param_hint="--restart")
+    if restart_max_attempts < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--restart-max-attempts")
+    if timeout <= 0:
+        raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
+    spec: dict[str, Any] = {
+        "name": name or checked("--name", parsing.derive_name, image),
+        "image": image,
+        "replicas": checked("--replicas", parsing.parse_replicas, replicas),
+        "env": checked("--env", parsing.parse_env, env or []),
+        "command": checked("COMMAND", parsing.split_command, command or []),
+        "ports": [checked("--publish", parsing.parse_port, p) for p in publish or []],
+        "constraints": list(constraint or []),
+        "restart": {"condition": restart, "max_attempts": restart_max_attempts, "delay": 1.0},
+    }
+
+    as_json = output_format is OutputFormat.json
+    with session.open_client() as client:
+        created = client.create_service(spec)
+        svc_name = str(created.get("name", spec["name"]))
+        if detach:
+            if as_json:
+                output.print_json(created)
+            else:
+                output.info(svc_name)
+            return
+        outcome = _wait(client, svc_name, timeout)
+    if as_json:
+        output.print_json(outcome.service)
+    if outcome.kind == "converged":
+        if not as_json:
+            output.info(f"✔ {outcome.message}", "green")
+    elif outcome.kind == "pending":
+        if as_json:
+            output.warning(outcome.message)
+        else:
+            output.info(outcome.message, "yellow")
+    elif outcome.kind == "failed":
+        raise CLIError(outcome.message)
+    else:
+        raise CLIError(f"timed out: {outcome.message}")
+
+
+POLL_INTERVAL = 0.2
+
+
+def _wait(client: Any, name: str, timeout: float) -> Any:
+    """Poll with a transient Rich status line on stderr (``web: 2/3 running``)."""
+    from corral.cli import output, waiting
+
+    status_console = output.console(stderr=True)
+    with status_console.status(f"{name}: starting", spinner="dots") as status:
+        try:
+            return waiting.wait_for_service(
+                client,
+                name,
+                timeout=timeout,
+                interval=POLL_INTERVAL,
+                on_poll=lambda svc: status.update(waiting.progress_line(svc)),
+            )
+        except KeyboardInterrupt:
+            status.stop()
+            output.warning(f"stopped waiting; service {name} exists and keeps converging")
+            raise typer.Exit(130) from None
+
+
+@service_app.command("ls")
+def service_ls(output_format: OutputOpt = OutputFormat.table) -> None:
+    """List services with their convergence status."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        services = client.list_services()
+    _show(services, output_format, lambda: render.services_table(services))
+
+
+@service_app.command("inspect")
+def service_inspect(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Show a service's spec, status and instances."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        data = client.get_service(name)
+    _show(data, output_format, lambda: render.service_panel(data))
+
+
+@service_app.command("scale")
+def service_scale(
+    targets: Annotated[list[str], typer.Argument(help="NAME=REPLICAS … (or NAME REPLICAS).")],
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Change the number of replicas: corral service scale web=3 api=2."""
+    from corral.cli import output, parsing, session
+
+    try:
+        pairs = parsing.parse_scale(targets)
+    except parsing.ArgumentProblem as exc:
+        raise _usage(exc, "TARGETS") from None
+    results = []
+    with session.open_client() as client:
+        for name, count in pairs:
+            results.append(client.scale_service(name, count))
+            if output_format is OutputFormat.table:
+                output.info(f"{name} scaled to {count}")
+    if output_format is OutputFormat.json:
+        output.print_json(results)
+
+
+@service_app.command("rm")
+def service_rm(names: Annotated[list[str], typer.Argument(help="Service names.")]) -> None:
+    """Remove services (their instances are stopped and removed)."""
+    from corral.cli import output, session
+
+    failed = False
+    with session.open_client() as client:
+        for name in names:
+            try:
+                client.remove_service(name)
+            except CLIError as exc:
+                output.error(f"{name}: {exc}")
+                failed = True
+            else:
+                output.info(name)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ps(
+    service: Annotated[Optional[str], typer.Argument(help="Only this service's instances.")] = None,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Full ids and errors.")] = False,
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """List instances: where each runs, in what state, since when."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        instances = client.list_instances(service)
+    _show(instances, output_format, lambda: render.instances_table(instances, no_trunc=no_trunc))
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", help="Only the last N lines of each instance.", min=0)] = None,
+) -> None:
+    """Print a service's logs, each line prefixed with its instance (Ctrl-C to stop)."""
+    import sys
+
+    from corral.cli import session
+
+    with session.open_client() as client:
+        lines = client.stream_logs(service, follow=follow, tail=tail)
+        try:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a follow cleanly
+        finally:
+            lines.close()  # type: ignore[attr-defined]
+
+
+# -- tokens ---------------------------------------------------------------------
+
+
+@token_app.command("join")
+def token_join(
+    rotate: Annotated[bool, typer.Option("--rotate", help="Invalidate the current join token; issue a new one.")] = False,
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Print the token that lets a new host join, and the command to run on it."""
+    from corral.cli import config, output, session
+
+    cfg = config.resolve()
+    with session.open_client(cfg) as client:
+        token = client.rotate_join_token() if rotate else client.get_join_token()
+    command = f"corral agent --server {cfg.url} --token {token}"
+    if output_format is OutputFormat.json:
+        output.print_json({"token": token, "command": command})
+        return
+    output.info(token)
+    output.info("")
+    output.info("Add a host by running this on it:", "dim")
+    output.info(f"  {command}")
+
+
+# -- server and agent passthrough ----------------------------------------------
+
+_PASSTHROUGH: dict[str, Any] = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
+
+
+def _delegate(module: str, extra: str, argv: list[str]) -> None:
+    import importlib
+
+    try:
+        entry = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"{exc}; install it with: pip install 'corral[{extra}]'") from None
+    raise typer.Exit(int(entry.run(argv) or 0))
+
+
+@app.command(**_PASSTHROUGH)
+def server(ctx: typer.Context) -> None:
+    """Run the Corral server (API, scheduler, controllers). `corral server --help` for options."""
+    _delegate("corral.server.main", "server", list(ctx.args))
+
+
+@app.command(**_PASSTHROUGH)
+def agent(ctx: typer.Context) -> None:
+    """Run the agent on a host. `corral agent --help` for options."""
+    _delegate("corral.agent.main", "all", list(ctx.args))

@@ -1,0 +1,227 @@
+"""Tables and panels for hosts, services and instances.
+
+Pure functions from API objects (plain dicts) to Rich renderables; no I/O, so
+they are tested directly.  Tables are compact and docker-like: no borders, a
+bold header, two spaces between columns.  Missing fields render as ``-``
+rather than failing, so an older or newer server still lists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from corral.cli.output import ago, human_bytes, kv, short_id, state_text, truncate
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
+JSONDict = dict[str, Any]
+ERROR_WIDTH = 48
+
+
+def _table(*columns: str) -> "Table":
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0))
+    for column in columns:
+        table.add_column(column, no_wrap=column not in ("ERROR", "LABELS"), overflow="fold")
+    return table
+
+
+def _row(table: "Table", *cells: Any) -> None:
+    """Add a row; plain strings become Text so data is never read as Rich markup."""
+    table.add_row(*(_text(c) if isinstance(c, (str, int, float)) or c is None else c for c in cells))
+
+
+def _text(value: Any, style: str = "") -> "Text":
+    from rich.text import Text
+
+    return Text("-" if value is None or value == "" else str(value), style=style)
+
+
+def ports_text(ports: list[JSONDict] | None) -> str:
+    """``8080->80/tcp, 53->53/udp`` or ``-``."""
+    if not ports:
+        return "-"
+    return ", ".join(
+        f"{p.get('published')}->{p.get('target')}/{p.get('protocol') or 'tcp'}" for p in ports
+    )
+
+
+def service_status(service: JSONDict) -> tuple[str, str]:
+    """(text, style): ``pending: <reason>`` yellow, ``converged`` green, or ``converging``."""
+    reason = service.get("pending_reason")
+    if reason:
+        return f"pending: {reason}", "yellow"
+    if service.get("running") == service.get("desired", service.get("replicas")):
+        return "converged", "green"
+    return "converging", ""
+
+
+# -- hosts ------------------------------------------------------------------
+
+
+def host_platform(host: JSONDict) -> "Text":
+    text = _text(host.get("platform"))
+    facts = host.get("facts") or {}
+    if facts.get("platform_mismatch") and host.get("engine_platform"):
+        text.append(f" (engine {host['engine_platform']})", style="yellow")
+    return text
+
+
+def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> "Table":
+    table = _table("ID", "NAME", "PLATFORM", "STATE", "ENGINE", "CPUS", "MEMORY", "LABELS", "LAST SEEN")
+    for host in hosts:
+        facts = host.get("facts") or {}
+        _row(
+            table,
+            short_id(host.get("id")),
+            _text(host.get("name")),
+            host_platform(host),
+            state_text(host.get("state")),
+            _text((facts.get("docker") or {}).get("version")),
+            _text(facts.get("cpus")),
+            human_bytes(facts.get("memory_bytes")),
+            _text(kv(host.get("labels"))),
+            ago(host.get("last_seen"), now),
+        )
+    return table
+
+
+def _grid(rows: list[tuple[str, Any]]) -> "Table":
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, value if not isinstance(value, (str, int, float)) else _text(value))
+    return grid
+
+
+def host_panel(host: JSONDict, now: datetime | None = None) -> "RenderableType":
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    facts = host.get("facts") or {}
+    docker = facts.get("docker") or {}
+    emulated = facts.get("emulated_platforms") or []
+    gpus = facts.get("gpus") or []
+    rows: list[tuple[str, Any]] = [
+        ("ID", _text(host.get("id"))),
+        ("State", state_text(host.get("state"))),
+        ("Platform", host_platform(host)),
+        ("Emulates", ", ".join(emulated) or "-"),
+        ("Labels", kv(host.get("labels"))),
+        ("Hostname", _text(facts.get("hostname"))),
+        ("OS / kernel", f"{facts.get('os') or '-'} / {facts.get('kernel') or '-'}"),
+        ("CPUs", _text(facts.get("cpus"))),
+        ("Memory", human_bytes(facts.get("memory_bytes"))),
+        ("GPUs", ", ".join(g if isinstance(g, str) else str(g.get("name", g)) for g in gpus) or "-"),
+        ("Docker", _text(docker.get("version"))),
+        ("Agent", _text(facts.get("agent_version"))),
+        ("Instances", _text(host.get("instances"))),
+        ("Created", f"{host.get('created_at') or '-'} ({ago(host.get('created_at'), now)})"),
+        ("Last seen", f"{host.get('last_seen') or '-'} ({ago(host.get('last_seen'), now)})"),
+    ]
+    return Panel(_grid(rows), title=f"host [bold]{escape(str(host.get('name', '?')))}[/bold]", title_align="left", expand=False)
+
+
+# -- services ---------------------------------------------------------------
+
+
+def services_table(services: list[JSONDict]) -> "Table":
+    table = _table("NAME", "IMAGE", "REPLICAS", "PORTS", "STATUS")
+    for svc in services:
+        status, style = service_status(svc)
+        desired = svc.get("desired", svc.get("replicas"))
+        _row(
+            table,
+            _text(svc.get("name")),
+            _text(svc.get("image")),
+            f"{svc.get('running', 0)}/{desired}",
+            ports_text(svc.get("ports")),
+            _text(status, style),
+        )
+    return table
+
+
+def restart_text(restart: JSONDict | None) -> str:
+    if not restart:
+        return "-"
+    text = str(restart.get("condition", "any"))
+    if restart.get("max_attempts"):
+        text += f", at most {restart['max_attempts']} attempts"
+    if restart.get("delay") is not None:
+        text += f", delay {restart['delay']}s"
+    return text
+
+
+def service_panel(service: JSONDict, now: datetime | None = None) -> "RenderableType":
+    import shlex
+
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    status, style = service_status(service)
+    command = service.get("command")
+    desired = service.get("desired", service.get("replicas"))
+    rows: list[tuple[str, Any]] = [
+        ("ID", _text(service.get("id"))),
+        ("Image", _text(service.get("image"))),
+        ("Mode", _text(service.get("mode"))),
+        ("Replicas", f"{service.get('running', 0)}/{desired} running"),
+        ("Status", _text(status, style)),
+        ("Command", shlex.join(command) if command else "(image default)"),
+        ("Env", kv(service.get("env"))),
+        ("Ports", ports_text(service.get("ports"))),
+        ("Constraints", ", ".join(service.get("constraints") or []) or "-"),
+        ("Restart", restart_text(service.get("restart"))),
+        ("Created", f"{service.get('created_at') or '-'} ({ago(service.get('created_at'), now)})"),
+        ("Updated", f"{service.get('updated_at') or '-'} ({ago(service.get('updated_at'), now)})"),
+    ]
+    panel = Panel(_grid(rows), title=f"service [bold]{escape(str(service.get('name', '?')))}[/bold]", title_align="left", expand=False)
+    instances = service.get("instances")
+    if not instances:
+        return panel
+    return Group(panel, instances_table(instances, now=now))
+
+
+# -- instances --------------------------------------------------------------
+
+
+def instance_state(instance: JSONDict) -> "Text":
+    text = state_text(instance.get("state"), instance.get("exit_code"))
+    if instance.get("desired_state") == "shutdown" and instance.get("state") not in (
+        "exited",
+        "failed",
+        "pull_failed",
+    ):
+        text.append(" → shutdown", style="dim")
+    if instance.get("restarts"):
+        text.append(f" ↻{instance['restarts']}", style="dim")
+    return text
+
+
+def instances_table(instances: list[JSONDict], *, no_trunc: bool = False, now: datetime | None = None) -> "Table":
+    table = _table("INSTANCE", "ID", "HOST", "PLATFORM", "STATE", "SINCE", "ERROR")
+    for inst in instances:
+        platform = _text(inst.get("platform"))
+        if inst.get("emulated"):
+            platform.append(" EMULATED", style="bold yellow")
+        err = inst.get("error") or ""
+        _row(
+            table,
+            _text(inst.get("name")),
+            (inst.get("id") or "-") if no_trunc else short_id(inst.get("id")),
+            _text(inst.get("host_name") or inst.get("host_id")),
+            platform,
+            instance_state(inst),
+            ago(inst.get("since"), now),
+            _text(err if no_trunc else truncate(err, ERROR_WIDTH), "red"),
+        )
+    return table

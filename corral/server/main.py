@@ -1,0 +1,105 @@
+"""`corral server`: open the store, make the PKI and tokens on first start, serve.
+
+On first start the data directory gets the CA, the server certificate, the
+store (SQLite unless --db names PostgreSQL), an admin token (written to
+DATA/admin.token, mode 0600, and printed once) and a join token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from corral import tokens
+
+if TYPE_CHECKING:
+    from corral.server.pki import ServerPKI
+    from corral.server.state import ServerState
+
+log = logging.getLogger("corral.server")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid --listen {text!r}: expected ADDR:PORT, e.g. 0.0.0.0:7443")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corral server", description="Run the Corral control plane.")
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral")))
+    p.add_argument("--listen", type=parse_listen, default=parse_listen("0.0.0.0:7443"), metavar="ADDR:PORT")
+    p.add_argument("--db", default=os.environ.get("CORRAL_DB"),
+                   help="SQLAlchemy URL of the store (default: SQLite in the data dir); "
+                        "e.g. postgresql+psycopg://user:pw@host/db")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve plain HTTP (development only: tokens travel in the clear)")
+    p.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                   help="extra subject alternative name for the server certificate")
+    p.add_argument("--advertise-url", help="URL agents should dial (shown by `corral token join`)")
+    p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between agent heartbeats")
+    p.add_argument("--down-after", type=float, default=None,
+                   help="seconds without heartbeat before a host is down (default: 3 intervals)")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def bootstrap(args: argparse.Namespace) -> "tuple[ServerState, ServerPKI]":
+    """Open everything; return (state, pki)."""
+    from corral.api.tokens import JOIN_SETTING, issue_join_token
+    from corral.server.pki import ensure_pki
+    from corral.server.state import ServerState
+    from corral.store.db import open_engine, sqlite_url
+    from corral.store.store import Store
+
+    data: Path = args.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o700)
+    host, port = args.listen
+    pki = ensure_pki(data, args.san + ([host] if host not in ("0.0.0.0", "::") else []))
+    fp = tokens.fingerprint(pki.ca_pem)
+    store = Store(open_engine(args.db or sqlite_url(data)))
+    if store.get_setting(JOIN_SETTING) is None:
+        admin = tokens.Token(tokens.ADMIN, fp, tokens.new_secret())
+        store.add_token(tokens.ADMIN, tokens.hash_secret(admin.secret))
+        issue_join_token(store, fp)
+        token_file = data / "admin.token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(admin) + "\n")
+        print(f"corral: new cluster; admin token written to {token_file}", file=sys.stderr)
+    scheme = "http" if args.insecure_http else "https"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    public = args.advertise_url or f"{scheme}://{shown}:{port}"
+    interval = args.heartbeat_interval
+    state = ServerState.build(store, pki.ca_pem, fp, interval, args.down_after or 3 * interval, public)
+    return state, pki
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import uvicorn
+
+    from corral.server.app import create_app
+
+    state, pki = bootstrap(args)
+    host, port = args.listen
+    ssl = {} if args.insecure_http else {"ssl_certfile": str(pki.cert_path), "ssl_keyfile": str(pki.key_path)}
+    if args.insecure_http:
+        log.warning("serving plain HTTP: development only")
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", access_log=False,
+                            timeout_keep_alive=75, **ssl)
+    log.info("corral server %s listening on %s", state.public_url, f"{host}:{port}")
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,39 @@
+"""Everything a request handler needs, built once per server process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.controllers.hosts import HostMonitor
+from corral.controllers.services import ServiceController
+from corral.server.channels import LogBroker, Notifier
+from corral.store.store import Store
+
+
+@dataclass
+class ServerState:
+    store: Store
+    notifier: Notifier
+    logs: LogBroker
+    services: ServiceController
+    monitor: HostMonitor
+    ca_pem: str
+    ca_fingerprint: str
+    heartbeat_interval: float
+    public_url: str
+
+    @classmethod
+    def build(cls, store: Store, ca_pem: str, ca_fingerprint: str, heartbeat_interval: float,
+              down_after: float, public_url: str) -> "ServerState":
+        notifier = Notifier()
+        return cls(
+            store=store,
+            notifier=notifier,
+            logs=LogBroker(notifier),
+            services=ServiceController(store, notifier.notify),
+            monitor=HostMonitor(store, down_after),
+            ca_pem=ca_pem,
+            ca_fingerprint=ca_fingerprint,
+            heartbeat_interval=heartbeat_interval,
+            public_url=public_url,
+        )

@@ -1,0 +1,299 @@
+"""The store: every read and write the server makes, as small transactions.
+
+Callers get detached ORM rows (read them, never write through them) or plain
+values.  Every change to what a host should run bumps that host's revision in
+the same transaction, so an agent that has revision N knows it has everything
+up to N.  On SQLite, write transactions are serialised by a process-wide lock
+(SQLite allows one writer; waiting on a Python lock is cheaper than retrying
+"database is locked").
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from corral.model import DesiredSet, InstanceSpec, InstanceStatus
+from corral.store.tables import HostRow, InstanceRow, ServiceRow, SettingRow, TokenRow
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class ConflictError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    host_id: str
+    slot: int
+    spec: InstanceSpec
+    platform: str
+    emulated: bool = False
+
+
+class Store:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
+
+    # -- settings and tokens -------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        with self._read() as s:
+            row = s.get(SettingRow, key)
+            return row.value if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._write() as s:
+            s.merge(SettingRow(key=key, value=value))
+
+    def add_token(self, kind: str, secret_hash: str, *, replace: bool = False) -> None:
+        """Store a token; with ``replace`` every older token of that kind is revoked."""
+        with self._write() as s:
+            if replace:
+                s.execute(update(TokenRow).where(TokenRow.kind == kind).values(revoked=True))
+            s.add(TokenRow(id=new_id(), kind=kind, secret_hash=secret_hash, revoked=False,
+                           created_at=self.clock()))
+
+    def token_valid(self, kind: str, secret_hash: str) -> bool:
+        with self._read() as s:
+            row = s.scalars(
+                select(TokenRow).where(TokenRow.kind == kind, TokenRow.secret_hash == secret_hash,
+                                       TokenRow.revoked.is_(False))
+            ).first()
+            return row is not None
+
+    # -- hosts ----------------------------------------------------------------
+
+    def create_host(self, name: str, facts: dict[str, Any], labels: dict[str, str],
+                    token_hash: str) -> HostRow:
+        now = self.clock()
+        row = HostRow(id=new_id(), name=name, state="ready", platform=str(facts.get("platform", "")),
+                      engine_platform=str(facts.get("engine_platform", "")), labels=dict(labels),
+                      facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now)
+        with self._write() as s:
+            s.add(row)
+        return row
+
+    def list_hosts(self) -> list[HostRow]:
+        with self._read() as s:
+            return list(s.scalars(select(HostRow).order_by(HostRow.name, HostRow.id)))
+
+    def get_host(self, ref: str) -> HostRow:
+        """Find a host by id, unique id prefix, or name."""
+        with self._read() as s:
+            row = s.get(HostRow, ref)
+            if row:
+                return row
+            rows = list(s.scalars(select(HostRow).where(HostRow.name == ref)))
+            if not rows:
+                rows = list(s.scalars(select(HostRow).where(HostRow.id.startswith(ref)))) if len(ref) >= 4 else []
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                raise ConflictError(f"host {ref!r} is ambiguous: use its id ({', '.join(r.id for r in rows)})")
+            raise NotFoundError(f"no host {ref!r}")
+
+    def host_by_id(self, host_id: str) -> HostRow | None:
+        with self._read() as s:
+            return s.get(HostRow, host_id)
+
+    def set_label(self, host_id: str, key: str, value: str | None) -> HostRow:
+        with self._write() as s:
+            row = s.get(HostRow, host_id)
+            if row is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            labels = dict(row.labels)
+            if value is None:
+                if key not in labels:
+                    raise NotFoundError(f"host {row.name} has no label {key!r}")
+                labels.pop(key)
+            else:
+                labels[key] = value
+            row.labels = labels
+            return row
+
+    def remove_host(self, host_id: str) -> None:
+        with self._write() as s:
+            s.execute(delete(InstanceRow).where(InstanceRow.host_id == host_id))
+            s.execute(delete(HostRow).where(HostRow.id == host_id))
+
+    def heartbeat(self, host_id: str, facts: dict[str, Any] | None,
+                  statuses: Sequence[InstanceStatus]) -> bool:
+        """Record a heartbeat; return True when the host was down and is back."""
+        now = self.clock()
+        with self._write() as s:
+            row = s.get(HostRow, host_id)
+            if row is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            came_back = row.state != "ready"
+            row.state = "ready"
+            row.last_seen = now
+            if facts is not None:
+                row.facts = facts
+                row.platform = str(facts.get("platform", row.platform))
+                row.engine_platform = str(facts.get("engine_platform", row.engine_platform))
+            if statuses:
+                by_id = {st.instance_id: st for st in statuses}
+                rows = s.scalars(select(InstanceRow).where(InstanceRow.host_id == host_id,
+                                                           InstanceRow.id.in_(by_id)))
+                for inst in rows:
+                    st = by_id[inst.id]
+                    inst.state = st.state
+                    inst.exit_code = st.exit_code
+                    inst.error = st.error
+                    inst.container_id = st.container_id
+                    inst.restarts = st.restarts
+                    inst.since = st.since
+            return came_back
+
+    def mark_down(self, last_seen_before: float) -> list[str]:
+        with self._write() as s:
+            ids = list(s.scalars(select(HostRow.id).where(HostRow.state == "ready",
+                                                          HostRow.last_seen < last_seen_before)))
+            if ids:
+                s.execute(update(HostRow).where(HostRow.id.in_(ids)).values(state="down"))
+            return ids
+
+    def host_revision(self, host_id: str) -> int:
+        with self._read() as s:
+            rev = s.scalar(select(HostRow.revision).where(HostRow.id == host_id))
+            if rev is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            return rev
+
+    def desired_set(self, host_id: str) -> DesiredSet:
+        with self._read() as s:
+            rev = s.scalar(select(HostRow.revision).where(HostRow.id == host_id))
+            if rev is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            specs = s.scalars(select(InstanceRow.spec).where(InstanceRow.host_id == host_id)
+                              .order_by(InstanceRow.id))
+            return DesiredSet(rev, [InstanceSpec.from_dict(spec) for spec in specs])
+
+    # -- services and instances -----------------------------------------------
+
+    def create_service(self, name: str, spec: dict[str, Any], replicas: int) -> ServiceRow:
+        now = self.clock()
+        row = ServiceRow(id=new_id(), name=name, spec=spec, replicas=replicas, pending_reason=None,
+                         created_at=now, updated_at=now)
+        with self._write() as s:
+            if s.scalar(select(func.count()).where(ServiceRow.name == name)):
+                raise ConflictError(f"service {name!r} already exists")
+            s.add(row)
+        return row
+
+    def list_services(self) -> list[ServiceRow]:
+        with self._read() as s:
+            return list(s.scalars(select(ServiceRow).order_by(ServiceRow.name)))
+
+    def get_service(self, name: str) -> ServiceRow:
+        with self._read() as s:
+            row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no service {name!r}")
+            return row
+
+    def set_replicas(self, name: str, replicas: int) -> ServiceRow:
+        with self._write() as s:
+            row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no service {name!r}")
+            row.replicas = replicas
+            row.updated_at = self.clock()
+            return row
+
+    def delete_service(self, name: str) -> list[str]:
+        """Delete a service and its instances; return the hosts whose sets changed."""
+        with self._write() as s:
+            row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no service {name!r}")
+            hosts = sorted(set(s.scalars(select(InstanceRow.host_id)
+                                         .where(InstanceRow.service_id == row.id))))
+            s.execute(delete(InstanceRow).where(InstanceRow.service_id == row.id))
+            s.delete(row)
+            self._bump(s, hosts)
+            return hosts
+
+    def list_instances(self, service_id: str | None = None,
+                       host_id: str | None = None) -> list[InstanceRow]:
+        with self._read() as s:
+            q = select(InstanceRow)
+            if service_id is not None:
+                q = q.where(InstanceRow.service_id == service_id)
+            if host_id is not None:
+                q = q.where(InstanceRow.host_id == host_id)
+            return list(s.scalars(q.order_by(InstanceRow.service_id, InstanceRow.slot)))
+
+    def instance_counts(self) -> dict[str, int]:
+        """Instances per host, for spreading."""
+        with self._read() as s:
+            rows = s.execute(select(InstanceRow.host_id, func.count()).group_by(InstanceRow.host_id))
+            return {host_id: n for host_id, n in rows}
+
+    def apply_service_plan(self, service_id: str, add: Iterable[NewInstance], remove: Iterable[str],
+                           pending_reason: str | None) -> list[str]:
+        """Add and remove a service's instances in one transaction.
+
+        Returns the hosts whose desired sets changed (their revisions are bumped).
+        """
+        now = self.clock()
+        add, remove = list(add), list(remove)
+        with self._write() as s:
+            svc = s.get(ServiceRow, service_id)
+            if svc is None:  # deleted meanwhile: nothing to do
+                return []
+            hosts: set[str] = set()
+            if remove:
+                hosts.update(s.scalars(select(InstanceRow.host_id).where(InstanceRow.id.in_(remove))))
+                s.execute(delete(InstanceRow).where(InstanceRow.id.in_(remove)))
+            for new in add:
+                hosts.add(new.host_id)
+                s.add(InstanceRow(id=new.spec.id, service_id=service_id, host_id=new.host_id,
+                                  slot=new.slot, spec=new.spec.to_dict(), platform=new.platform,
+                                  emulated=new.emulated, state="pending", exit_code=None, error="",
+                                  container_id="", restarts=0, since=now, created_at=now))
+            if svc.pending_reason != pending_reason:
+                svc.pending_reason = pending_reason
+            self._bump(s, sorted(hosts))
+            return sorted(hosts)
+
+    @staticmethod
+    def _bump(s: Session, host_ids: Sequence[str]) -> None:
+        if host_ids:
+            s.execute(update(HostRow).where(HostRow.id.in_(host_ids))
+                      .values(revision=HostRow.revision + 1))
