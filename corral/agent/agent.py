@@ -49,7 +49,7 @@ class Agent:
         self._facts_sent: dict[str, Any] | None = None
         self._facts: dict[str, Any] = {}
         self._facts_at = 0.0
-        self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed)
+        self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed, on_work_done=self.poke)
         self.logs = LogSender(session, docker, host_id)
         saved = state.desired()
         if saved is not None:
@@ -90,9 +90,13 @@ class Agent:
                 if engine_ok:
                     log.warning("engine unavailable (%s): nothing is stopped; retrying", exc)
                 engine_ok = False
-            wait = RESYNC_EVERY if engine_ok else 1.0
-            wait = max(0.05, min(wait, self.reconciler.next_due - time.time()))
-            self._wake_reconcile.wait(wait)
+            resync_at = time.time() + (RESYNC_EVERY if engine_ok else 1.0)
+            # Sleep in short slices: jobs of the pass just started may set an earlier due time.
+            while not self._wake_reconcile.is_set():
+                left = min(resync_at, self.reconciler.next_due) - time.time()
+                if left <= 0:
+                    break
+                self._wake_reconcile.wait(min(left, 0.25))
 
     def poke(self) -> None:
         self._wake_reconcile.set()
@@ -157,7 +161,7 @@ class Agent:
             try:
                 reply = self.session.call("POST", "/api/v1/agent/status", body)
                 self._facts_sent = facts
-                sent = statuses if not changed else {**sent, **{c["instance_id"]: c for c in changed}}
+                sent.update((c["instance_id"], c) for c in changed)
                 self.heartbeat = float(reply.get("heartbeat_interval", self.heartbeat))
             except (Unreachable, ServerError) as exc:
                 log.debug("heartbeat failed: %s", exc)

@@ -29,7 +29,6 @@ can feed a fake tree or plain strings.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -42,22 +41,22 @@ from corral.platforms import from_engine, from_uname
 __all__ = [
     "QEMU_PLATFORMS",
     "BinfmtEntry",
-    "collect_facts",
     "agent_platform",
-    "parse_meminfo",
-    "parse_binfmt_entry",
+    "collect_facts",
     "emulated_platforms",
+    "parse_binfmt_entry",
+    "parse_cgroup_mounts",
+    "parse_cpu_max",
+    "parse_meminfo",
     "parse_nvidia_smi",
     "parse_os_release",
-    "parse_cpu_max",
     "parse_proc_cgroup",
-    "parse_cgroup_mounts",
-    "probe_emulated_platforms",
     "probe_cpus",
-    "probe_memory_bytes",
-    "probe_gpus",
-    "probe_os",
     "probe_docker",
+    "probe_emulated_platforms",
+    "probe_gpus",
+    "probe_memory_bytes",
+    "probe_os",
 ]
 
 # qemu target name (as in qemu-<target>) -> the OCI platforms it runs.
@@ -121,7 +120,7 @@ def _qemu_target(interpreter: str) -> str | None:
     base = os.path.basename(interpreter)
     if base.startswith("qemu-"):
         # /usr/bin/qemu-aarch64-static, /usr/bin/qemu-aarch64 (tonistiigi/binfmt)
-        target = base[len("qemu-"):]
+        target = base[len("qemu-") :]
         return target.removesuffix("-static") or None
     if "qemu" in interpreter and "-binfmt" in base:
         # Debian's qemu-user-static: /usr/libexec/qemu-binfmt/aarch64-binfmt-P,
@@ -245,7 +244,12 @@ def parse_cgroup_mounts(mountinfo: str) -> dict[str, tuple[str, str]]:
 
 
 def _unescape_mount(text: str) -> str:
-    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    return (
+        text.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+    )
 
 
 # -- probes ----------------------------------------------------------------------------
@@ -280,7 +284,7 @@ def _cgroup_dirs(root: str, controller: str) -> list[str]:
     path = paths.get(controller, "/")
     # Inside a container the mount root may be the container's own cgroup.
     if mount_root != "/" and (path == mount_root or path.startswith(mount_root + "/")):
-        path = path[len(mount_root):] or "/"
+        path = path[len(mount_root) :] or "/"
     dirs = []
     rel = path.strip("/")
     while True:
@@ -315,7 +319,7 @@ def _cgroup_memory_limit(root: str) -> int | None:
     ]:
         text = (_read(root, os.path.join(d, name)) or "").strip()
         if text.isdigit() and int(text) > 0:
-            limits.append(int(text))  # v1's "unlimited" is a huge number: min() drops it
+            limits.append(int(text))  # v1 "unlimited" is a huge number: MemTotal wins
     return min(limits) if limits else None
 
 
@@ -366,9 +370,18 @@ def probe_emulated_platforms(native: str, root: str = "/") -> list[str]:
     return emulated_platforms(entries, native)
 
 
+def _which(name: str) -> str | None:
+    # Not shutil.which: importing shutil loads the bz2/lzma libraries (~1 MB RSS).
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def probe_gpus(timeout: float = NVIDIA_SMI_TIMEOUT) -> list[dict[str, Any]]:
     """NVIDIA GPUs via ``nvidia-smi``; [] without it, on error or on timeout."""
-    exe = shutil.which("nvidia-smi")
+    exe = _which("nvidia-smi")
     if exe is None:
         return []
     import subprocess  # only on GPU hosts: keeps the agent's import cost down elsewhere
@@ -376,7 +389,10 @@ def probe_gpus(timeout: float = NVIDIA_SMI_TIMEOUT) -> list[dict[str, Any]]:
     try:
         proc = subprocess.run(
             [exe, "--query-gpu=index,name,uuid,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return []

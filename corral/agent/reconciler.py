@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from corral import model
 from corral.agent.restart import RestartBook, on_exit
@@ -41,12 +41,17 @@ def parse_docker_time(text: str) -> float:
 
 class Reconciler:
     def __init__(self, docker: DockerClient, host_id: str, on_change: Callable[[], None],
-                 clock: Callable[[], float] = time.time, workers: int = 4) -> None:
+                 clock: Callable[[], float] = time.time, workers: int = 4,
+                 on_work_done: Callable[[], None] | None = None) -> None:
         self.docker = docker
         self.host_id = host_id
         self._on_change = on_change
+        self._on_work_done = on_work_done or (lambda: None)
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        self._removals = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remove")
+        self._busy: set[str] = set()
+        self._skipped = False
         self._lock = threading.Lock()
         self._desired = DesiredSet(-1, [])
         self._books: dict[str, RestartBook] = {}
@@ -89,20 +94,48 @@ class Reconciler:
     def owned(self) -> list[ContainerInfo]:
         return self.docker.list_containers(labels={model.LABEL_HOST: self.host_id})
 
-    def run_once(self) -> None:
-        """One full pass. Raises DockerError if the engine cannot be listed (nothing is touched then)."""
+    def run_once(self, wait: bool = False) -> None:
+        """Start the work one pass finds; with ``wait``, also wait for it to finish.
+
+        Raises DockerError if the engine cannot be listed (nothing is touched then).
+        Work for an instance or container still busy from an earlier pass (a slow
+        pull, a 10 s stop) is skipped, so it never delays other instances.
+        """
         desired = self._desired
         containers = self.owned()
         by_instance: dict[str, list[ContainerInfo]] = {}
         for c in containers:
             by_instance.setdefault(c.labels.get(model.LABEL_INSTANCE, ""), []).append(c)
         wanted = {i.id for i in desired.instances}
-        stale = [c for iid, cs in by_instance.items() if iid not in wanted for c in cs]
         self.next_due = float("inf")
-        jobs = [self._pool.submit(self._ensure, spec, by_instance.get(spec.id, [])) for spec in desired.instances]
-        jobs += [self._pool.submit(self._remove, c) for c in stale]
-        for job in jobs:
-            job.result()
+        jobs = [self._submit(self._pool, spec.id, self._ensure, spec, by_instance.get(spec.id, []))
+                for spec in desired.instances]
+        jobs += [self._submit(self._removals, c.id, self._remove, c)
+                 for iid, cs in by_instance.items() if iid not in wanted for c in cs]
+        if wait:
+            for job in jobs:
+                if job is not None:
+                    job.result()
+
+    def _submit(self, pool: ThreadPoolExecutor, key: str, fn: Callable[..., None],
+                *args: object) -> Future[None] | None:
+        with self._lock:
+            if key in self._busy:
+                self._skipped = True
+                return None
+            self._busy.add(key)
+
+        def job() -> None:
+            try:
+                fn(*args)
+            finally:
+                with self._lock:
+                    self._busy.discard(key)
+                    again, self._skipped = self._skipped, False
+                if again:
+                    self._on_work_done()
+
+        return pool.submit(job)
 
     def _remove(self, c: ContainerInfo) -> None:
         log.info("removing %s (no longer desired)", c.name)

@@ -12,14 +12,17 @@ connection and TLS failures, no login) and prints ``error: <message>`` in
 red on stderr with exit code 1.  Usage errors stay Typer's (exit 2).
 
 Startup is kept cheap: httpx, Rich and the command helpers are imported
-inside the commands that need them, so ``corral --help`` loads Typer only.
+inside the commands that need them, so importing this module loads Typer
+only (``--help`` then pulls in Rich to draw the help screen).
 ``server`` and ``agent`` hand their arguments, untouched, to
 ``corral.server.main.run`` and ``corral.agent.main.run``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -31,11 +34,16 @@ from corral.cli.output import OutputFormat
 if TYPE_CHECKING:
     from corral.cli.parsing import ArgumentProblem
 
-# `Optional[...]` rather than `X | None` in parameters: Typer evaluates them at runtime.
 OutputOpt = Annotated[
     OutputFormat,
     typer.Option("--output", "-o", help="table for people, json (the API objects) for scripts."),
 ]
+
+
+class RestartCondition(str, enum.Enum):
+    any = "any"
+    on_failure = "on-failure"
+    none = "none"
 
 
 class CorralGroup(TyperGroup):
@@ -64,7 +72,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 host_app = typer.Typer(help="List, inspect, label and remove hosts.", no_args_is_help=True)
-label_app = typer.Typer(help="Add or remove host labels (used by constraints).", no_args_is_help=True)
+label_app = typer.Typer(
+    help="Add or remove host labels (used by constraints).", no_args_is_help=True
+)
 service_app = typer.Typer(help="List, inspect, scale and remove services.", no_args_is_help=True)
 token_app = typer.Typer(help="Tokens for joining hosts.", no_args_is_help=True)
 app.add_typer(host_app, name="host")
@@ -78,18 +88,18 @@ def main() -> None:
     app(prog_name="corral")
 
 
-def _usage(exc: "ArgumentProblem", hint: str | None = None) -> typer.BadParameter:
+def _usage(exc: ArgumentProblem, hint: str | None = None) -> typer.BadParameter:
     return typer.BadParameter(str(exc), param_hint=hint)
 
 
-def _show(data: Any, fmt: OutputFormat, renderable: Any = None) -> None:
+def _show(data: Any, fmt: OutputFormat, renderable: Callable[[], Any]) -> None:
     """JSON verbatim, or a Rich renderable built lazily by ``renderable()``."""
     from corral.cli import output
 
     if fmt is OutputFormat.json:
         output.print_json(data)
     else:
-        output.console().print(renderable())
+        output.show(renderable())
 
 
 # -- login and version --------------------------------------------------------
@@ -100,7 +110,13 @@ def login(
     url: Annotated[str, typer.Argument(help="The server, e.g. https://10.0.0.5:7443")],
     token: Annotated[
         str,
-        typer.Option("--token", "-t", help="Admin token (CORRAL-A1-…).", prompt="Admin token", hide_input=True),
+        typer.Option(
+            "--token",
+            "-t",
+            help="Admin token (CORRAL-A1-…).",
+            prompt="Admin token",
+            hide_input=True,
+        ),
     ],
 ) -> None:
     """Pin the server's CA from the admin token, check the token, save the login."""
@@ -120,7 +136,9 @@ def login(
         raise typer.BadParameter(str(exc), param_hint="--token") from None
     if parsed.kind != tokens.ADMIN:
         kind = "a join token (CORRAL-J1-…)" if parsed.kind == tokens.JOIN else "a host credential"
-        raise typer.BadParameter(f"this is {kind}; login needs an admin token (CORRAL-A1-…)", param_hint="--token")
+        raise typer.BadParameter(
+            f"this is {kind}; login needs an admin token (CORRAL-A1-…)", param_hint="--token"
+        )
     token = str(parsed)
 
     ca_pem = api.pin_ca(url, token, fetch=session.hooks.fetch_ca)
@@ -128,7 +146,9 @@ def login(
         hosts = client.list_hosts()
     path = config.save(config.Config(url, token, ca_pem))
 
-    output.info(f"✔ logged in to {url} ({len(hosts)} host{'s' if len(hosts) != 1 else ''})", "green")
+    output.info(
+        f"✔ logged in to {url} ({len(hosts)} host{'s' if len(hosts) != 1 else ''})", "green"
+    )
     if ca_pem:
         output.info(f"  CA pinned   {tokens.fingerprint(ca_pem)}")
     else:
@@ -160,7 +180,9 @@ def version(output_format: OutputOpt = OutputFormat.table) -> None:
     else:
         output.info(f"client  {__version__}")
         if server is not None:
-            output.info(f"server  {server.get('version', '?')}  (CA {server.get('ca_fingerprint', '?')})")
+            output.info(
+                f"server  {server.get('version', '?')}  (CA {server.get('ca_fingerprint', '?')})"
+            )
         elif problem is None:
             output.info("server  (not logged in)", "dim")
     if problem is not None:
@@ -261,27 +283,45 @@ def _print_labels(host: dict[str, Any], fmt: OutputFormat, output: Any) -> None:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
-    image: Annotated[str, typer.Argument(help="Image reference, e.g. busybox or registry:5000/app:1.2")],
+    image: Annotated[
+        str, typer.Argument(help="Image reference, e.g. busybox or registry:5000/app:1.2")
+    ],
     command: Annotated[
-        Optional[list[str]],
-        typer.Argument(help="Command and arguments for the container (after the image; `--` is allowed)."),
+        list[str] | None,
+        typer.Argument(
+            help="Command and arguments for the container (after the image; `--` is allowed)."
+        ),
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Service name \\[default: derived from the image].")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Service name \\[default: derived from the image]."),
+    ] = None,
     replicas: Annotated[int, typer.Option("--replicas", "-r", help="Number of instances.")] = 1,
-    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE (repeatable).")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable).")
+    ] = None,
     publish: Annotated[
-        Optional[list[str]], typer.Option("--publish", "-p", help="PUBLISHED:TARGET\\[/udp] (repeatable).")
+        list[str] | None,
+        typer.Option("--publish", "-p", help="PUBLISHED:TARGET\\[/udp] (repeatable)."),
     ] = None,
     constraint: Annotated[
-        Optional[list[str]],
-        typer.Option("--constraint", "-c", help="Placement rule, e.g. node.labels.zone==edge (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--constraint", "-c", help="Placement rule, e.g. node.labels.zone==edge (repeatable)."
+        ),
     ] = None,
-    restart: Annotated[str, typer.Option("--restart", help="Restart condition: any, on-failure or none.")] = "any",
+    restart: Annotated[
+        RestartCondition, typer.Option("--restart", help="When to restart an instance that exits.")
+    ] = RestartCondition.any,
     restart_max_attempts: Annotated[
         int, typer.Option("--restart-max-attempts", help="Give up after N restarts (0: never).")
     ] = 0,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return at once; don't wait.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the instances.")] = 60.0,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return at once; don't wait.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the instances.")
+    ] = 60.0,
     output_format: OutputOpt = OutputFormat.table,
 ) -> None:
     """Create a service and wait until its instances run.
@@ -297,8 +337,6 @@ def run(
         except parsing.ArgumentProblem as exc:
             raise _usage(exc, hint) from None
 
-    if restart not in ("any", "on-failure", "none"):
-        raise typer.BadParameter(f"{restart!r} is not one of any, on-failure, none", param_hint="--restart")
     if restart_max_attempts < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--restart-max-attempts")
     if timeout <= 0:
@@ -311,7 +349,7 @@ def run(
         "command": checked("COMMAND", parsing.split_command, command or []),
         "ports": [checked("--publish", parsing.parse_port, p) for p in publish or []],
         "constraints": list(constraint or []),
-        "restart": {"condition": restart, "max_attempts": restart_max_attempts, "delay": 1.0},
+        "restart": {"condition": restart.value, "max_attempts": restart_max_attempts, "delay": 1.0},
     }
 
     as_json = output_format is OutputFormat.json
@@ -430,7 +468,7 @@ def service_rm(names: Annotated[list[str], typer.Argument(help="Service names.")
 
 @app.command()
 def ps(
-    service: Annotated[Optional[str], typer.Argument(help="Only this service's instances.")] = None,
+    service: Annotated[str | None, typer.Argument(help="Only this service's instances.")] = None,
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Full ids and errors.")] = False,
     output_format: OutputOpt = OutputFormat.table,
 ) -> None:
@@ -445,8 +483,12 @@ def ps(
 @app.command()
 def logs(
     service: Annotated[str, typer.Argument(help="Service name.")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
-    tail: Annotated[Optional[int], typer.Option("--tail", help="Only the last N lines of each instance.", min=0)] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", help="Only the last N lines of each instance.", min=0)
+    ] = None,
 ) -> None:
     """Print a service's logs, each line prefixed with its instance (Ctrl-C to stop)."""
     import sys
@@ -470,7 +512,9 @@ def logs(
 
 @token_app.command("join")
 def token_join(
-    rotate: Annotated[bool, typer.Option("--rotate", help="Invalidate the current join token; issue a new one.")] = False,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Invalidate the current join token; issue a new one.")
+    ] = False,
     output_format: OutputOpt = OutputFormat.table,
 ) -> None:
     """Print the token that lets a new host join, and the command to run on it."""
@@ -478,11 +522,19 @@ def token_join(
 
     cfg = config.resolve()
     with session.open_client(cfg) as client:
-        token = client.rotate_join_token() if rotate else client.get_join_token()
-    command = f"corral agent --server {cfg.url} --token {token}"
+        data = client.rotate_join_token() if rotate else client.get_join_token()
+    token = str(data.get("token") or "")
+    if not token:
+        raise CLIError("the server has no join token; issue one with `corral token join --rotate`")
+    # The server's advertised URL (--advertise-url) is what agents should dial;
+    # without one, the URL this CLI reaches the server at.
+    server_url = str(data.get("server") or cfg.url)
+    command = f"corral agent --server {server_url} --token {token}"
     if output_format is OutputFormat.json:
-        output.print_json({"token": token, "command": command})
+        output.print_json({**data, "command": command})
         return
+    if rotate:
+        output.info("✔ join token rotated: the previous one no longer works", "green")
     output.info(token)
     output.info("")
     output.info("Add a host by running this on it:", "dim")

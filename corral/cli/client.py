@@ -27,7 +27,7 @@ import http.client
 import ssl
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -56,7 +56,7 @@ class APIError(ClientError):
         self.detail = detail  # as the server sent it: a string or a list of errors
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "APIError":
+    def from_response(cls, response: httpx.Response) -> APIError:
         detail: Any
         try:
             body = response.json()
@@ -216,7 +216,7 @@ class CorralClient:
         transport: httpx.BaseTransport | None = None,
         fetch_ca: CAFetcher | None = None,
         timeout: float = 30.0,
-    ) -> "CorralClient":
+    ) -> CorralClient:
         """Pin the cluster CA against ``token`` (see :func:`pin_ca`) and return a client."""
         url = url.strip().rstrip("/")
         pem = pin_ca(url, token, known_ca=ca_pem, fetch=fetch_ca)
@@ -227,7 +227,7 @@ class CorralClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "CorralClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -267,6 +267,18 @@ class CorralClient:
         except ValueError:
             raise ClientError(f"{method} {path}: the server answered with no JSON") from None
 
+    def _object(self, method: str, path: str, **kwargs: Any) -> JSONDict:
+        data = self._json(method, path, **kwargs)
+        if not isinstance(data, dict):
+            raise ClientError(f"{method} {path}: expected a JSON object from the server")
+        return data
+
+    def _list(self, method: str, path: str, **kwargs: Any) -> list[JSONDict]:
+        data = self._json(method, path, **kwargs)
+        if not isinstance(data, list):
+            raise ClientError(f"{method} {path}: expected a JSON list from the server")
+        return data
+
     # -- cluster -----------------------------------------------------------
 
     def ca(self) -> str:
@@ -275,57 +287,63 @@ class CorralClient:
 
     def info(self) -> JSONDict:
         """``{"version", "ca_fingerprint"}``.  Needs no token."""
-        return self._json("GET", "/info")
+        return self._object("GET", "/info")
 
-    def get_join_token(self) -> str:
-        return str(self._json("GET", "/tokens/join")["token"])
+    def get_join_token(self) -> JSONDict:
+        """``{"token": "CORRAL-J1-…", "server": advertised URL (if the server sends it)}``."""
+        return self._object("GET", "/tokens/join")
 
-    def rotate_join_token(self) -> str:
-        return str(self._json("POST", "/tokens/join/rotate")["token"])
+    def rotate_join_token(self) -> JSONDict:
+        """Revoke the join token and issue a new one (hosts already joined are unaffected)."""
+        return self._object("POST", "/tokens/join/rotate")
 
     # -- hosts -------------------------------------------------------------
 
     def list_hosts(self) -> list[JSONDict]:
-        return self._json("GET", "/hosts")
+        return self._list("GET", "/hosts")
 
     def get_host(self, host: str) -> JSONDict:
         """A host by id or name."""
-        return self._json("GET", f"/hosts/{_quote(host)}")
+        return self._object("GET", f"/hosts/{_quote(host)}")
 
     def remove_host(self, host: str) -> None:
         """Remove a host and revoke its credential."""
         self._request("DELETE", f"/hosts/{_quote(host)}")
 
     def set_host_label(self, host: str, key: str, value: str) -> JSONDict:
-        return self._json("PUT", f"/hosts/{_quote(host)}/labels/{_quote(key)}", json={"value": value})
+        return self._object(
+            "PUT", f"/hosts/{_quote(host)}/labels/{_quote(key)}", json={"value": value}
+        )
 
     def remove_host_label(self, host: str, key: str) -> JSONDict:
-        return self._json("DELETE", f"/hosts/{_quote(host)}/labels/{_quote(key)}")
+        return self._object("DELETE", f"/hosts/{_quote(host)}/labels/{_quote(key)}")
 
     # -- services and instances --------------------------------------------
 
     def create_service(self, spec: JSONDict) -> JSONDict:
         """POST a service spec (name, image, replicas, env, command, ports, constraints, restart)."""
-        return self._json("POST", "/services", json=spec)
+        return self._object("POST", "/services", json=spec)
 
     def list_services(self) -> list[JSONDict]:
-        return self._json("GET", "/services")
+        return self._list("GET", "/services")
 
     def get_service(self, name: str) -> JSONDict:
         """A service with its ``instances``."""
-        return self._json("GET", f"/services/{_quote(name)}")
+        return self._object("GET", f"/services/{_quote(name)}")
 
     def scale_service(self, name: str, replicas: int) -> JSONDict:
-        return self._json("PATCH", f"/services/{_quote(name)}", json={"replicas": replicas})
+        return self._object("PATCH", f"/services/{_quote(name)}", json={"replicas": replicas})
 
     def remove_service(self, name: str) -> None:
         self._request("DELETE", f"/services/{_quote(name)}")
 
     def list_instances(self, service: str | None = None) -> list[JSONDict]:
         params = {"service": service} if service else None
-        return self._json("GET", "/instances", params=params)
+        return self._list("GET", "/instances", params=params)
 
-    def stream_logs(self, service: str, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+    def stream_logs(
+        self, service: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[str]:
         """Yield log lines (prefixed by the server with the instance name) as they arrive.
 
         With ``follow`` there is no read timeout: the stream ends when the
@@ -337,9 +355,11 @@ class CorralClient:
             params["tail"] = str(tail)
         timeout = httpx.Timeout(self._timeout, read=None) if follow else self._timeout
         path = f"/services/{_quote(service)}/logs"
-        with self._errors():
-            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
-                if response.is_error:
-                    response.read()
-                    raise APIError.from_response(response)
-                yield from response.iter_lines()
+        with (
+            self._errors(),
+            self._http.stream("GET", path, params=params, timeout=timeout) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise APIError.from_response(response)
+            yield from response.iter_lines()

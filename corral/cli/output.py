@@ -20,7 +20,7 @@ import enum
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
-def console(stderr: bool = False) -> "Console":
+def console(stderr: bool = False) -> Console:
     """A Rich console on the current stdout (or stderr)."""
     from rich.console import Console
 
@@ -47,6 +47,18 @@ def console(stderr: bool = False) -> "Console":
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() else PIPE_WIDTH
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+def show(renderable: Any) -> None:
+    """Print a table or panel on stdout; piped, without the padding at line ends."""
+    out = console()
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    sys.stdout.flush()
 
 
 def print_json(data: Any) -> None:
@@ -87,10 +99,10 @@ def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)
     except (ValueError, TypeError, AttributeError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def ago(value: str | None, now: datetime | None = None) -> str:
@@ -98,7 +110,7 @@ def ago(value: str | None, now: datetime | None = None) -> str:
     when = parse_time(value)
     if when is None:
         return "-"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     seconds = int((now - when).total_seconds())
     if seconds < 1:
         return "just now"
@@ -108,7 +120,15 @@ def ago(value: str | None, now: datetime | None = None) -> str:
     return f"{seconds}s ago"
 
 
-def human_bytes(value: int | float | None) -> str:
+def timestamp(value: str | None, now: datetime | None = None) -> str:
+    """``2024-01-01 12:00:00 UTC (3s ago)``; ``-`` when unknown."""
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({ago(value, now)})"
+
+
+def human_bytes(value: float | None) -> str:
     """``1.9 GiB``; ``"-"`` when unknown."""
     if value is None:
         return "-"
@@ -153,7 +173,7 @@ STATE_STYLES = {
 }
 
 
-def state_text(state: str | None, exit_code: int | None = None) -> "Text":
+def state_text(state: str | None, exit_code: int | None = None) -> Text:
     """A coloured state; exits show their code, ``exited (1)`` in red."""
     from rich.text import Text
 

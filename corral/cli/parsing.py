@@ -26,8 +26,8 @@ def parse_env(items: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or key != key.strip() or any(c.isspace() for c in key):
-            raise ArgumentProblem(f"invalid environment variable {item!r}: expected KEY=VALUE")
+        if not sep or not key or any(c.isspace() for c in key):
+            raise ArgumentProblem(f"{item!r}: expected KEY=VALUE")
         env[key] = value
     return env
 
@@ -36,13 +36,13 @@ def parse_port(text: str) -> JSONDict:
     """``8080:80`` or ``5353:53/udp`` -> ``{"published", "target", "protocol"}``."""
     match = _PORT.match(text.strip())
     if not match:
-        raise ArgumentProblem(f"invalid port {text!r}: expected PUBLISHED:TARGET[/tcp|/udp], e.g. 8080:80")
+        raise ArgumentProblem(f"{text!r}: expected PUBLISHED:TARGET[/tcp|/udp], e.g. 8080:80")
     published, target, protocol = int(match[1]), int(match[2]), (match[3] or "tcp").lower()
     for port in (published, target):
         if not 1 <= port <= 65535:
-            raise ArgumentProblem(f"invalid port {text!r}: {port} is not in 1-65535")
+            raise ArgumentProblem(f"{text!r}: port {port} is not in 1-65535")
     if protocol not in ("tcp", "udp"):
-        raise ArgumentProblem(f"invalid port {text!r}: protocol must be tcp or udp")
+        raise ArgumentProblem(f"{text!r}: the protocol must be tcp or udp")
     return {"published": published, "target": target, "protocol": protocol}
 
 
@@ -50,7 +50,7 @@ def parse_label(text: str) -> tuple[str, str]:
     """``zone=edge`` -> ``("zone", "edge")``; the value may be empty."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ArgumentProblem(f"invalid label {text!r}: expected KEY=VALUE")
+        raise ArgumentProblem(f"{text!r}: expected KEY=VALUE")
     return key.strip(), value
 
 
@@ -69,20 +69,24 @@ def parse_scale(args: list[str]) -> list[tuple[str, int]]:
             name, count = arg, args[i + 1]
             i += 2
         else:
-            raise ArgumentProblem(f"missing replica count for {arg!r}: expected {arg}=REPLICAS")
+            raise ArgumentProblem(f"{arg}: missing the replica count (expected {arg}=REPLICAS)")
         if not name:
-            raise ArgumentProblem(f"invalid {arg!r}: expected NAME=REPLICAS")
-        result.append((name, parse_replicas(count, what=f"replica count for {name!r}")))
+            raise ArgumentProblem(f"{arg!r}: expected NAME=REPLICAS")
+        try:
+            result.append((name, parse_replicas(count)))
+        except ArgumentProblem as exc:
+            raise ArgumentProblem(f"{name}: {exc}") from None
     return result
 
 
-def parse_replicas(text: str | int, what: str = "replicas") -> int:
+def parse_replicas(text: str | int) -> int:
+    """A replica count: a whole number, 0 or more."""
     try:
         count = int(text)
     except (TypeError, ValueError):
-        raise ArgumentProblem(f"invalid {what} {text!r}: expected a whole number") from None
+        raise ArgumentProblem(f"expected a whole number of replicas, got {text!r}") from None
     if count < 0:
-        raise ArgumentProblem(f"invalid {what} {count}: must be 0 or more")
+        raise ArgumentProblem(f"replicas must be 0 or more, got {count}")
     return count
 
 

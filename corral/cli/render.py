@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from corral.cli.output import ago, human_bytes, kv, short_id, state_text, truncate
+from corral.cli.output import ago, human_bytes, kv, short_id, state_text, timestamp, truncate
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -22,21 +22,25 @@ JSONDict = dict[str, Any]
 ERROR_WIDTH = 48
 
 
-def _table(*columns: str) -> "Table":
+def _table(*columns: str) -> Table:
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0))
+    table = Table(
+        box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0)
+    )
     for column in columns:
         table.add_column(column, no_wrap=column not in ("ERROR", "LABELS"), overflow="fold")
     return table
 
 
-def _row(table: "Table", *cells: Any) -> None:
+def _row(table: Table, *cells: Any) -> None:
     """Add a row; plain strings become Text so data is never read as Rich markup."""
-    table.add_row(*(_text(c) if isinstance(c, (str, int, float)) or c is None else c for c in cells))
+    table.add_row(
+        *(_text(c) if isinstance(c, (str, int, float)) or c is None else c for c in cells)
+    )
 
 
-def _text(value: Any, style: str = "") -> "Text":
+def _text(value: Any, style: str = "") -> Text:
     from rich.text import Text
 
     return Text("-" if value is None or value == "" else str(value), style=style)
@@ -64,7 +68,7 @@ def service_status(service: JSONDict) -> tuple[str, str]:
 # -- hosts ------------------------------------------------------------------
 
 
-def host_platform(host: JSONDict) -> "Text":
+def host_platform(host: JSONDict) -> Text:
     text = _text(host.get("platform"))
     facts = host.get("facts") or {}
     if facts.get("platform_mismatch") and host.get("engine_platform"):
@@ -72,8 +76,10 @@ def host_platform(host: JSONDict) -> "Text":
     return text
 
 
-def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> "Table":
-    table = _table("ID", "NAME", "PLATFORM", "STATE", "ENGINE", "CPUS", "MEMORY", "LABELS", "LAST SEEN")
+def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> Table:
+    table = _table(
+        "ID", "NAME", "PLATFORM", "STATE", "ENGINE", "CPUS", "MEMORY", "LABELS", "LAST SEEN"
+    )
     for host in hosts:
         facts = host.get("facts") or {}
         _row(
@@ -91,7 +97,7 @@ def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> "Table":
     return table
 
 
-def _grid(rows: list[tuple[str, Any]]) -> "Table":
+def _grid(rows: list[tuple[str, Any]]) -> Table:
     from rich.table import Table
 
     grid = Table.grid(padding=(0, 2))
@@ -102,7 +108,7 @@ def _grid(rows: list[tuple[str, Any]]) -> "Table":
     return grid
 
 
-def host_panel(host: JSONDict, now: datetime | None = None) -> "RenderableType":
+def host_panel(host: JSONDict, now: datetime | None = None) -> RenderableType:
     from rich.markup import escape
     from rich.panel import Panel
 
@@ -120,20 +126,28 @@ def host_panel(host: JSONDict, now: datetime | None = None) -> "RenderableType":
         ("OS / kernel", f"{facts.get('os') or '-'} / {facts.get('kernel') or '-'}"),
         ("CPUs", _text(facts.get("cpus"))),
         ("Memory", human_bytes(facts.get("memory_bytes"))),
-        ("GPUs", ", ".join(g if isinstance(g, str) else str(g.get("name", g)) for g in gpus) or "-"),
+        (
+            "GPUs",
+            ", ".join(g if isinstance(g, str) else str(g.get("name", g)) for g in gpus) or "-",
+        ),
         ("Docker", _text(docker.get("version"))),
         ("Agent", _text(facts.get("agent_version"))),
         ("Instances", _text(host.get("instances"))),
-        ("Created", f"{host.get('created_at') or '-'} ({ago(host.get('created_at'), now)})"),
-        ("Last seen", f"{host.get('last_seen') or '-'} ({ago(host.get('last_seen'), now)})"),
+        ("Created", timestamp(host.get("created_at"), now)),
+        ("Last seen", timestamp(host.get("last_seen"), now)),
     ]
-    return Panel(_grid(rows), title=f"host [bold]{escape(str(host.get('name', '?')))}[/bold]", title_align="left", expand=False)
+    return Panel(
+        _grid(rows),
+        title=f"host [bold]{escape(str(host.get('name', '?')))}[/bold]",
+        title_align="left",
+        expand=False,
+    )
 
 
 # -- services ---------------------------------------------------------------
 
 
-def services_table(services: list[JSONDict]) -> "Table":
+def services_table(services: list[JSONDict]) -> Table:
     table = _table("NAME", "IMAGE", "REPLICAS", "PORTS", "STATUS")
     for svc in services:
         status, style = service_status(svc)
@@ -160,7 +174,7 @@ def restart_text(restart: JSONDict | None) -> str:
     return text
 
 
-def service_panel(service: JSONDict, now: datetime | None = None) -> "RenderableType":
+def service_panel(service: JSONDict, now: datetime | None = None) -> RenderableType:
     import shlex
 
     from rich.console import Group
@@ -181,10 +195,15 @@ def service_panel(service: JSONDict, now: datetime | None = None) -> "Renderable
         ("Ports", ports_text(service.get("ports"))),
         ("Constraints", ", ".join(service.get("constraints") or []) or "-"),
         ("Restart", restart_text(service.get("restart"))),
-        ("Created", f"{service.get('created_at') or '-'} ({ago(service.get('created_at'), now)})"),
-        ("Updated", f"{service.get('updated_at') or '-'} ({ago(service.get('updated_at'), now)})"),
+        ("Created", timestamp(service.get("created_at"), now)),
+        ("Updated", timestamp(service.get("updated_at"), now)),
     ]
-    panel = Panel(_grid(rows), title=f"service [bold]{escape(str(service.get('name', '?')))}[/bold]", title_align="left", expand=False)
+    panel = Panel(
+        _grid(rows),
+        title=f"service [bold]{escape(str(service.get('name', '?')))}[/bold]",
+        title_align="left",
+        expand=False,
+    )
     instances = service.get("instances")
     if not instances:
         return panel
@@ -194,7 +213,7 @@ def service_panel(service: JSONDict, now: datetime | None = None) -> "Renderable
 # -- instances --------------------------------------------------------------
 
 
-def instance_state(instance: JSONDict) -> "Text":
+def instance_state(instance: JSONDict) -> Text:
     text = state_text(instance.get("state"), instance.get("exit_code"))
     if instance.get("desired_state") == "shutdown" and instance.get("state") not in (
         "exited",
@@ -207,7 +226,9 @@ def instance_state(instance: JSONDict) -> "Text":
     return text
 
 
-def instances_table(instances: list[JSONDict], *, no_trunc: bool = False, now: datetime | None = None) -> "Table":
+def instances_table(
+    instances: list[JSONDict], *, no_trunc: bool = False, now: datetime | None = None
+) -> Table:
     table = _table("INSTANCE", "ID", "HOST", "PLATFORM", "STATE", "SINCE", "ERROR")
     for inst in instances:
         platform = _text(inst.get("platform"))

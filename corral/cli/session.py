@@ -32,17 +32,17 @@ class Hooks:
 hooks = Hooks()
 
 
-def open_client(cfg: config.Config | None = None) -> "CorralClient":
+def open_client(cfg: config.Config | None = None) -> CorralClient:
     """A client for the configured server (raises ConfigError when not logged in)."""
+    cfg = cfg or config.resolve()  # before importing httpx: "not logged in" stays fast
     from corral.cli.client import CorralClient
 
-    cfg = cfg or config.resolve()
     return CorralClient.connect(
         cfg.url, cfg.token, ca_pem=cfg.ca_pem, transport=hooks.transport, fetch_ca=hooks.fetch_ca
     )
 
 
-def make_client(url: str, token: str, ca_pem: str | None) -> "CorralClient":
+def make_client(url: str, token: str, ca_pem: str | None) -> CorralClient:
     """A client trusting an already pinned CA (``corral login`` uses it)."""
     from corral.cli.client import CorralClient
 

@@ -42,7 +42,9 @@ def progress_line(service: JSONDict) -> str:
         if i.get("state") != "running" and i.get("desired_state", "running") == "running"
     )
     if states:
-        line += " (" + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(states.items())) + ")"
+        line += (
+            " (" + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(states.items())) + ")"
+        )
     return line
 
 
@@ -53,7 +55,9 @@ def failures(service: JSONDict) -> list[str]:
         if inst.get("state") in FAILED_STATES and inst.get("desired_state", "running") == "running":
             where = inst.get("host_name") or inst.get("host_id") or "?"
             what = str(inst["state"]).replace("_", " ")
-            lines.append(f"{inst.get('name', '?')} on {where}: {what}: {inst.get('error') or 'no detail'}")
+            lines.append(
+                f"{inst.get('name', '?')} on {where}: {what}: {inst.get('error') or 'no detail'}"
+            )
     return lines
 
 
@@ -78,7 +82,9 @@ def wait_for_service(
         if svc.get("running", 0) == svc.get("desired", svc.get("replicas", 0)):
             return Outcome("converged", svc, progress_line(svc))
         if svc.get("pending_reason"):
-            return Outcome("pending", svc, f"{progress_line(svc)}; pending: {svc['pending_reason']}")
+            return Outcome(
+                "pending", svc, f"{progress_line(svc)}; pending: {svc['pending_reason']}"
+            )
         if clock() >= deadline:
             return Outcome(
                 "timeout",

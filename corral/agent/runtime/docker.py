@@ -24,20 +24,22 @@ This module speaks the few Engine API calls the agent needs over
   (e.g. a bad filter) is raised from the iteration, not from the call.
 * Errors: :class:`DockerError` carries the HTTP status and the engine's JSON
   ``message``; :class:`NotFound` (404), :class:`Conflict` (409),
-  :class:`PullError` (any failure of a pull, including the registry's text
-  from the pull stream's ``errorDetail``) and :class:`EngineUnavailable`
-  (status 0: the socket does not answer, refuses, or times out).
+  :class:`PullError` (a pull the engine or registry refused, with the text
+  from the pull stream's ``errorDetail``, or that outlived its timeout) and
+  :class:`EngineUnavailable` (status 0: the socket does not answer, refuses,
+  breaks or times out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
@@ -45,16 +47,16 @@ from urllib.parse import quote, urlencode, urlsplit
 from corral.model import PortSpec
 
 __all__ = [
-    "MAX_API_VERSION",
     "DEFAULT_BASE_URL",
-    "DockerError",
-    "NotFound",
+    "MAX_API_VERSION",
     "Conflict",
-    "PullError",
-    "EngineUnavailable",
     "ContainerInfo",
-    "Stream",
     "DockerClient",
+    "DockerError",
+    "EngineUnavailable",
+    "NotFound",
+    "PullError",
+    "Stream",
     "split_reference",
 ]
 
@@ -160,6 +162,8 @@ class Stream(Generic[T]):
         describe: str,
     ) -> None:
         self._conn = conn
+        # Kept here: HTTPConnection drops its .sock when a response says "Connection: close".
+        self._sock = conn.sock
         self._decode = decode
         self._describe = describe
         self._closed = False
@@ -188,13 +192,10 @@ class Stream(Generic[T]):
             if self._closed:
                 return
             self._closed = True
-            sock = self._conn.sock
-        if sock is not None:
-            try:
-                # shutdown (not close) wakes a thread blocked in recv() on this socket
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        if self._sock is not None:
+            # shutdown (not close) wakes a thread blocked in recv() on this socket
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         try:
             self._gen.close()
         except ValueError:
@@ -203,7 +204,7 @@ class Stream(Generic[T]):
             return
         self._conn.close()  # also needed when the generator never started
 
-    def _run(self) -> Iterator[T]:
+    def _run(self) -> Generator[T, None, None]:
         try:
             try:
                 resp = self._conn.getresponse()
@@ -385,7 +386,9 @@ class DockerClient:
             conn.request(method, url, body=payload, headers=headers)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise EngineUnavailable(f"Docker Engine at {self.base_url} does not answer: {exc}") from exc
+            raise EngineUnavailable(
+                f"Docker Engine at {self.base_url} does not answer: {exc}"
+            ) from exc
         return conn
 
     def _raw(
@@ -396,7 +399,9 @@ class DockerClient:
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise EngineUnavailable(f"Docker Engine at {self.base_url}: {method} {url}: {exc}") from exc
+            raise EngineUnavailable(
+                f"Docker Engine at {self.base_url}: {method} {url}: {exc}"
+            ) from exc
         finally:
             conn.close()
 
@@ -415,7 +420,9 @@ class DockerClient:
             raise _error_from(status, data)
         return status, data
 
-    def _json(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+    def _json(
+        self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
         _, data = self._call(method, path, params, body)
         return json.loads(data) if data else None
 
@@ -445,17 +452,19 @@ class DockerClient:
         return status == 200
 
     def pull(self, ref: str, timeout: float = 600) -> None:
-        """Pull an image and wait for the end; raise :class:`PullError` on any failure.
+        """Pull an image and read the progress stream to its end.
 
-        ``timeout`` bounds the whole pull, not just one read.
+        Raises :class:`PullError` when the engine or the registry reports a
+        failure (its own text as ``message``) or when the whole pull takes
+        longer than ``timeout`` seconds; :class:`EngineUnavailable` when the
+        engine itself does not answer or drops the connection.
         """
         repo, tag = split_reference(ref)
         deadline = time.monotonic() + timeout
-        url = self._url("/images/create", {"fromImage": repo, "tag": tag})
-        try:
-            conn = self._send("POST", url, timeout=timeout)
-        except EngineUnavailable as exc:
-            raise PullError(0, f"pull {ref}: {exc.message}") from exc
+        conn = self._send(
+            "POST", self._url("/images/create", {"fromImage": repo, "tag": tag}), timeout=timeout
+        )
+        sock = conn.sock
         try:
             resp = conn.getresponse()
             if resp.status >= 400:
@@ -464,9 +473,9 @@ class DockerClient:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise PullError(0, f"pull {ref}: timed out after {timeout:g} s")
-                if conn.sock is not None:
-                    conn.sock.settimeout(remaining)
+                    raise TimeoutError
+                if sock is not None:
+                    sock.settimeout(remaining)
                 line = resp.readline()
                 if not line:
                     break
@@ -475,16 +484,18 @@ class DockerClient:
                 except ValueError:
                     continue
                 if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
-                    detail = msg.get("errorDetail") or {}
-                    text = (detail.get("message") if isinstance(detail, dict) else None) or msg.get("error")
-                    error = error or str(text)
+                    detail = msg.get("errorDetail")
+                    text = detail.get("message") if isinstance(detail, dict) else None
+                    error = error or str(text or msg.get("error"))
             if error is not None:
                 # The engine had already answered 200 when the registry failed.
                 raise PullError(resp.status, error)
         except TimeoutError as exc:
             raise PullError(0, f"pull {ref}: timed out after {timeout:g} s") from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise PullError(0, f"pull {ref}: connection to the engine broke: {exc}") from exc
+            raise EngineUnavailable(
+                f"Docker Engine at {self.base_url}: pull {ref}: connection broke: {exc}"
+            ) from exc
         finally:
             conn.close()
 
@@ -540,8 +551,11 @@ class DockerClient:
     def stop(self, cid: str, timeout: int = 10) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` s; already stopped (304) is fine."""
         self._call(
-            "POST", f"/containers/{quote(cid)}/stop", {"t": int(timeout)},
-            ok=(304,), timeout=self.timeout + timeout,
+            "POST",
+            f"/containers/{quote(cid)}/stop",
+            {"t": int(timeout)},
+            ok=(304,),
+            timeout=self.timeout + timeout,
         )
 
     def kill(self, cid: str, signal: str = "KILL") -> None:
@@ -551,8 +565,10 @@ class DockerClient:
     def remove(self, cid: str, force: bool = True) -> None:
         """Remove a container (and its anonymous volumes); a missing one (404) is fine."""
         self._call(
-            "DELETE", f"/containers/{quote(cid)}",
-            {"force": "1" if force else "0", "v": "1"}, ok=(404,),
+            "DELETE",
+            f"/containers/{quote(cid)}",
+            {"force": "1" if force else "0", "v": "1"},
+            ok=(404,),
         )
 
     def list_containers(

@@ -1,0 +1,88 @@
+"""An in-memory Docker Engine with the calls the agent's reconciler makes (unit tests only)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from corral.agent.runtime.docker import ContainerInfo, EngineUnavailable, NotFound, PullError
+from corral.model import PortSpec
+
+
+class FakeDocker:
+    def __init__(self, images: set[str] | None = None, pullable: set[str] | None = None) -> None:
+        self.images = set(images or ())
+        self.pullable = set(pullable or ())
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.down = False
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.now = 1000.0
+
+    def _check(self) -> None:
+        if self.down:
+            raise EngineUnavailable("engine down")
+
+    def image_present(self, ref: str) -> bool:
+        self._check()
+        return ref in self.images
+
+    def pull(self, ref: str) -> None:
+        self._check()
+        self.calls.append(("pull", ref))
+        if ref not in self.pullable:
+            raise PullError(404, f"manifest for {ref} not found: manifest unknown")
+        self.images.add(ref)
+
+    def create_container(self, name: str, image: str, *, command: list[str] | None = None,
+                         env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                         ports: list[PortSpec] | None = None, **_: Any) -> str:
+        self._check()
+        with self._lock:
+            cid = f"c{next(self._ids)}"
+            self.containers[cid] = {"name": name, "image": image, "labels": dict(labels or {}), "state": "created",
+                                    "exit": 0, "started": "", "finished": "", "created": next(self._ids)}
+        self.calls.append(("create", name))
+        return cid
+
+    def start(self, cid: str) -> None:
+        self._check()
+        c = self.containers[cid]
+        c["state"] = "running"
+        c["started"] = f"2026-01-01T00:00:{len(self.calls) % 60:02d}Z"
+        self.calls.append(("start", cid))
+
+    def stop(self, cid: str, timeout: int = 10) -> None:
+        self.containers[cid]["state"] = "exited"
+        self.calls.append(("stop", cid))
+
+    def remove(self, cid: str, force: bool = True) -> None:
+        self.containers.pop(cid, None)
+        self.calls.append(("remove", cid))
+
+    def exit(self, cid: str, code: int) -> None:
+        """The process in the container ends."""
+        c = self.containers[cid]
+        c.update(state="exited", exit=code, finished=f"2026-01-01T00:01:{len(self.calls) % 60:02d}Z")
+
+    def list_containers(self, labels: dict[str, str] | None = None, all: bool = True) -> list[ContainerInfo]:
+        self._check()
+        out = []
+        for cid, c in list(self.containers.items()):
+            if all or c["state"] == "running":
+                if all_labels_match(c["labels"], labels or {}):
+                    out.append(ContainerInfo(id=cid, name=c["name"], image=c["image"], labels=c["labels"],
+                                             state=c["state"], status="", created=c["created"]))
+        return out
+
+    def inspect_container(self, cid: str) -> dict[str, Any]:
+        if cid not in self.containers:
+            raise NotFound(404, f"no such container {cid}")
+        c = self.containers[cid]
+        return {"State": {"ExitCode": c["exit"], "StartedAt": c["started"], "FinishedAt": c["finished"]}}
+
+
+def all_labels_match(have: dict[str, str], want: dict[str, str]) -> bool:
+    return all(have.get(k) == v if v else k in have for k, v in want.items())
