@@ -15,6 +15,6 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except NotFoundError as exc:
-        raise HTTPException(404, str(exc).strip("'\"")) from None
+        raise HTTPException(404, str(exc)) from None
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from None
