@@ -204,6 +204,11 @@ class NetnsHost:
 
         wait_until(up, 60, f"dockerd of {self.netns}", log=self.log, interval=0.2)
 
+    def restart_dockerd(self) -> None:
+        """Stop this host's dockerd (its containers stop with it) and start it again."""
+        self._stop_dockerd()
+        self._start_dockerd()
+
     def stop(self) -> None:
         """Tear everything down (idempotent; also cleans leftovers of a crashed run)."""
         self._kill_containers()
