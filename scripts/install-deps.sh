@@ -55,4 +55,7 @@ fi
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$REPO" > "$SITE/corral-testbed.pth"
 
+# `corral` on the PATH for people (the scripts call the venv's copy directly).
+ln -sf "$VENV/bin/corral" /usr/local/bin/corral
+
 echo "install-deps.sh: done (venv: $VENV)"
