@@ -175,9 +175,10 @@ def run_swarm(host: str, ref: str, i: int) -> Sample:
 
 
 class Corral:
-    def __init__(self, server: ServerProc, host: str) -> None:
+    def __init__(self, server: ServerProc, host: str, poll: float = 0.005) -> None:
         self.server = server
         self.host = host
+        self.poll = poll
         self.api = server.client()
 
     def run(self, ref: str, i: int) -> Sample:
@@ -200,7 +201,7 @@ class Corral:
                 break
             if now > deadline:
                 raise BenchError(f"corral service {name} not running after {RUN_TIMEOUT}s: {body}")
-            time.sleep(0.005)
+            time.sleep(self.poll)
             r = self.api.get(f"/api/v1/services/{name}")
             r.raise_for_status()
             body = r.json()
@@ -302,7 +303,8 @@ def report(results: dict[str, list[Sample]], meta: dict[str, Any]) -> dict[str, 
           " + agent pass)")
     print("  start->seen: from the container's start until the client saw it running")
     print(f"Corral detail (medians): POST answered {post:.3f}; agent's 'running' stamp "
-          f"{since if since is not None else float('nan'):.3f}; first seen by the 5 ms poll: "
+          f"{since if since is not None else float('nan'):.3f}; first seen by the "
+          f"{meta['poll_interval']['corral'] * 1000:g} ms poll: "
           + ", ".join(f"{k} {v:.3f}" for k, v in states.items() if v is not None))
     if meta.get("cli_overhead") is not None:
         print(f"docker CLI overhead (p50 of `docker -H HOST version`, one API call): "
@@ -322,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=50, help="measured runs per method (default 50)")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured runs per method first")
     ap.add_argument("--json", action="store_true", help="also print the result as JSON")
+    ap.add_argument("--corral-poll", type=float, default=0.005, metavar="SECONDS",
+                    help="interval of the GET /api/v1/services/NAME poll (default 0.005)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server/agent logs)")
     args = ap.parse_args(argv)
-    if args.runs < 1 or args.runs > 1000 or args.warmup < 0 or args.warmup > 20:
-        ap.error("--runs must be 1..1000 and --warmup 0..20")
+    if not (1 <= args.runs <= 1000 and 0 <= args.warmup <= 20 and 0.001 <= args.corral_poll <= 1):
+        ap.error("--runs must be 1..1000, --warmup 0..20, --corral-poll 0.001..1")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, dockerd)")
     signal.signal(signal.SIGTERM, _sigterm)
@@ -355,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                      30, "the agent's host to be ready")
         cli(dh, "swarm", "init", "--advertise-addr", "127.0.0.1")
         swarm_on = True
-        corral = lat = Corral(server, dh)
+        corral = lat = Corral(server, dh, args.corral_poll)
         run: dict[str, Callable[[int], Sample]] = {
             "docker run": lambda i: run_docker(dh, ref, i),
             "swarm": lambda i: run_swarm(dh, ref, i),
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "cli_overhead": statistics.median(cli_times),
             "load_before": load_before,
             "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "poll_interval": {"swarm": 0.01, "corral": 0.005},
+            "poll_interval": {"swarm": 0.01, "corral": args.corral_poll},
         }
         out = report(results, meta)
         if args.json:

@@ -73,7 +73,7 @@ class InstanceSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InstanceSpec":
+    def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:
         return cls(
             id=str(data["id"]),
             name=str(data["name"]),
@@ -99,7 +99,7 @@ class DesiredSet:
         return {"revision": self.revision, "instances": [i.to_dict() for i in self.instances]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DesiredSet":
+    def from_dict(cls, data: dict[str, Any]) -> DesiredSet:
         return cls(int(data["revision"]), [InstanceSpec.from_dict(i) for i in data.get("instances", [])])
 
 
@@ -119,7 +119,7 @@ class InstanceStatus:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InstanceStatus":
+    def from_dict(cls, data: dict[str, Any]) -> InstanceStatus:
         return cls(
             instance_id=str(data["instance_id"]),
             state=str(data["state"]),

@@ -52,7 +52,7 @@ class Platform:
     variant: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "Platform":
+    def parse(cls, text: str) -> Platform:
         parts = text.strip().lower().split("/")
         if len(parts) not in (2, 3) or not all(parts):
             raise PlatformError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm/v7")
@@ -60,7 +60,7 @@ class Platform:
         variant = parts[2] if len(parts) == 3 else ""
         return cls(os_, arch, variant).normalized()
 
-    def normalized(self) -> "Platform":
+    def normalized(self) -> Platform:
         """Apply the OCI conventions: arm64 is v8 by default, arm is v7 by default."""
         arch, variant = self.architecture, self.variant
         if arch == "aarch64":

@@ -7,7 +7,9 @@ VENV="${CORRAL_VENV:-/opt/corral-venv}"
 
 bash "$REPO/scripts/install-deps.sh"
 cd "$REPO"
-echo "== import contracts (scheduler pure, agent stdlib-only)"
+echo "== lint: ruff, mypy, import contracts (scheduler pure, agent stdlib-only)"
+"$VENV/bin/ruff" check corral testbed tests bench
+"$VENV/bin/mypy" --ignore-missing-imports corral
 "$VENV/bin/lint-imports"
 echo "== pytest"
 set +e

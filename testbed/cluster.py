@@ -62,7 +62,7 @@ class ServerProc:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self, timeout: float = 30) -> "ServerProc":
+    def start(self, timeout: float = 30) -> ServerProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -128,7 +128,7 @@ class AgentProc:
             argv += ["--label", f"{k}={v}"]
         return argv
 
-    def start(self) -> "AgentProc":
+    def start(self) -> AgentProc:
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.netns is not None:

@@ -103,7 +103,7 @@ def netns_host_factory(binfmt: None) -> Iterator[NetnsHostFactory]:
         def stop(host: NetnsHost) -> None:
             try:
                 host.stop()
-            except Exception as exc:  # noqa: BLE001 -- keep stopping the others
+            except Exception as exc:
                 errors.append(f"{host.name}: {exc}")
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # each stop waits ~1 s on dockerd

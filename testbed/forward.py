@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     socks = listen_in_netns(args.netns, [listen for listen, _ in args.port])
     asyncio.run(serve([(s, args.target_host, target)
-                       for s, (_, target) in zip(socks, args.port)]))
+                       for s, (_, target) in zip(socks, args.port, strict=True)]))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def parse_docker_time(text: str) -> float:
     if not text or text.startswith("0001-"):
         return 0.0
     main, _, frac = text.rstrip("Z").partition(".")
-    ts = dt.datetime.fromisoformat(main).replace(tzinfo=dt.timezone.utc).timestamp()
+    ts = dt.datetime.fromisoformat(main).replace(tzinfo=dt.UTC).timestamp()
     return ts + (float("0." + frac[:6]) if frac else 0.0)
 
 

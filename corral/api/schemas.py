@@ -90,7 +90,7 @@ class ServiceCreate(Strict):
         return [str(cons.parse(expr)) for expr in v]
 
     @model_validator(mode="after")
-    def _ports_unique(self) -> "ServiceCreate":
+    def _ports_unique(self) -> ServiceCreate:
         seen = set()
         for p in self.ports:
             if (p.published, p.protocol) in seen:

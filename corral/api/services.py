@@ -102,7 +102,7 @@ async def _stream(state: ServerState, queue: asyncio.Queue[str | None], requests
         while open_requests:
             try:
                 line = await asyncio.wait_for(queue.get(), quiet_limit)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield "(some hosts did not answer)\n"
                 return
             if line is None:

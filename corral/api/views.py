@@ -11,7 +11,7 @@ from corral.store.tables import HostRow, InstanceRow, ServiceRow
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def place_spread(slots: Sequence[int], hosts: Sequence[HostView], constraints: S
     heap = [(service_counts.get(h.id, 0), total_counts.get(h.id, 0), h.id) for h in eligible
             if not (one_per_host and service_counts.get(h.id, 0))]
     heapq.heapify(heap)
-    placements = []
+    placements: list[Placement] = []
     for slot in slots:
         if not heap:
             left = len(slots) - len(placements)

@@ -59,7 +59,7 @@ class Notifier:
         self._waiters[host_id].add(fut)
         try:
             await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._waiters[host_id].discard(fut)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bootstrap(args: argparse.Namespace) -> "tuple[ServerState, ServerPKI]":
+def bootstrap(args: argparse.Namespace) -> tuple[ServerState, ServerPKI]:
     """Open everything; return (state, pki)."""
     from corral.api.tokens import JOIN_SETTING, issue_join_token
     from corral.server.pki import ensure_pki
@@ -91,11 +91,11 @@ def run(argv: list[str]) -> int:
 
     state, pki = bootstrap(args)
     host, port = args.listen
-    ssl = {} if args.insecure_http else {"ssl_certfile": str(pki.cert_path), "ssl_keyfile": str(pki.key_path)}
+    certfile, keyfile = (None, None) if args.insecure_http else (str(pki.cert_path), str(pki.key_path))
     if args.insecure_http:
         log.warning("serving plain HTTP: development only")
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", access_log=False,
-                            timeout_keep_alive=75, **ssl)
+                            timeout_keep_alive=75, ssl_certfile=certfile, ssl_keyfile=keyfile)
     log.info("corral server %s listening on %s", state.public_url, f"{host}:{port}")
     uvicorn.Server(config).run()
     return 0

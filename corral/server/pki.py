@@ -47,7 +47,7 @@ def ensure_pki(data_dir: Path, extra_sans: list[str]) -> ServerPKI:
     if not ca_cert_path.exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Corral cluster CA")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         ca = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
@@ -88,7 +88,7 @@ def _issue_server_cert(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
             alt.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             alt.append(x509.DNSName(name))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corral-server")]))

@@ -24,7 +24,7 @@ class ServerState:
 
     @classmethod
     def build(cls, store: Store, ca_pem: str, ca_fingerprint: str, heartbeat_interval: float,
-              down_after: float, public_url: str) -> "ServerState":
+              down_after: float, public_url: str) -> ServerState:
         notifier = Notifier()
         return cls(
             store=store,

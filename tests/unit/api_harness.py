@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from corral.server.app import create_app
-from corral.server.main import build_parser, bootstrap
+from corral.server.main import bootstrap, build_parser
 from corral.server.state import ServerState
 
 

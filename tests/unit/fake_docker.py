@@ -71,10 +71,9 @@ class FakeDocker:
         self._check()
         out = []
         for cid, c in list(self.containers.items()):
-            if all or c["state"] == "running":
-                if all_labels_match(c["labels"], labels or {}):
-                    out.append(ContainerInfo(id=cid, name=c["name"], image=c["image"], labels=c["labels"],
-                                             state=c["state"], status="", created=c["created"]))
+            if (all or c["state"] == "running") and all_labels_match(c["labels"], labels or {}):
+                out.append(ContainerInfo(id=cid, name=c["name"], image=c["image"], labels=c["labels"],
+                                         state=c["state"], status="", created=c["created"]))
         return out
 
     def inspect_container(self, cid: str) -> dict[str, Any]:

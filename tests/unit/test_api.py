@@ -219,7 +219,7 @@ def test_status_report_and_host_down_up(h: Harness) -> None:
 
 def test_labels_add_and_remove(h: Harness) -> None:
     host, _ = h.register("a")
-    r = h.client.put(f"/api/v1/hosts/a/labels/zone", json={"value": "edge"}, headers=h.as_admin())
+    r = h.client.put("/api/v1/hosts/a/labels/zone", json={"value": "edge"}, headers=h.as_admin())
     assert r.json()["labels"] == {"zone": "edge"}
     assert h.client.delete(f"/api/v1/hosts/{host}/labels/zone", headers=h.as_admin()).json()["labels"] == {}
     assert h.client.delete(f"/api/v1/hosts/{host}/labels/zone", headers=h.as_admin()).status_code == 404

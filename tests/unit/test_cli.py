@@ -29,10 +29,6 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) from a checkout
-    sys.path.insert(0, str(ROOT))
-
 from corral import tokens
 from corral.cli import app as app_module
 from corral.cli import client as client_module
@@ -1184,7 +1180,7 @@ def test_render_service_status() -> None:
 def test_render_tolerates_missing_fields() -> None:
     from rich.console import Console
 
-    console = Console(width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(width=200, file=open(os.devnull, "w"))
     console.print(render.hosts_table([{"id": "x"}]))
     console.print(render.instances_table([{}]))
     console.print(render.services_table([{}]))
@@ -1245,7 +1241,7 @@ def test_startup_does_not_import_httpx_or_rich() -> None:
 
     code = "import sys, corral.cli.app; print(sorted(m for m in ('httpx', 'rich') if m in sys.modules))"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
 
