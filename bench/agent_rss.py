@@ -42,11 +42,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.deploy_latency import TRAP_CMD, TRAP_SCRIPT, cli, containers
-from testbed.cluster import AgentProc, ServerProc, wait_for
-from testbed.daemons import ensure_registry
-from testbed.images import build_busybox
-from testbed.netns import NetnsHost
+from bench.deploy_latency import TRAP_CMD, TRAP_SCRIPT, cli, containers  # noqa: E402
+from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
+from testbed.daemons import ensure_registry  # noqa: E402
+from testbed.images import build_busybox  # noqa: E402
+from testbed.netns import NetnsHost  # noqa: E402
 
 HOST_NAME = "bench-rss"
 HOST_INDEX = 202

@@ -57,11 +57,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from corral.agent.reconciler import parse_docker_time
-from testbed.cluster import AgentProc, ServerProc, wait_for
-from testbed.daemons import docker_request, ensure_registry
-from testbed.images import build_busybox
-from testbed.netns import NetnsHost
+from corral.agent.reconciler import parse_docker_time  # noqa: E402
+from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
+from testbed.daemons import docker_request, ensure_registry  # noqa: E402
+from testbed.images import build_busybox  # noqa: E402
+from testbed.netns import NetnsHost  # noqa: E402
 
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 API = "/v1.41"
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if host is not None and swarm_on:
             try:
                 cli(host.docker_host, "swarm", "leave", "--force")
-            except Exception as exc:  # noqa: BLE001 -- keep cleaning
+            except Exception as exc:  # keep cleaning
                 print(f"swarm leave: {exc}", file=sys.stderr)
         if agent is not None:
             agent.stop()

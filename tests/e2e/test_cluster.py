@@ -203,3 +203,28 @@ def test_wrong_token_changes_nothing(cluster: Cluster) -> None:
     with cluster.api() as c:
         assert all(s["name"] != "evil" for s in c.get("/api/v1/services").json())
     assert [h["id"] for h in cluster.hosts()] == [h["id"] for h in before]
+
+
+def _join(cluster: Cluster, token: str, tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run([sys.executable, "-m", "corral", "agent", "--server", cluster.server.url, "--token", token,
+                           "--state-dir", str(tmp_path / "st")], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_agent_refuses_a_server_whose_ca_is_not_the_pinned_one(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    real = cluster.server.join_token()
+    kind, fp, secret = real.split("-")[1:]
+    forged_fp = ("a" if fp[0] != "a" else "b") + fp[1:]
+    before = cluster.hosts()
+    p = _join(cluster, f"CORRAL-{kind}-{forged_fp}-{secret}", tmp_path)
+    assert p.returncode != 0 and "does not match the fingerprint" in p.stderr
+    assert not (tmp_path / "st" / "credential.json").exists()
+    assert len(cluster.hosts()) == len(before)
+
+
+def test_agent_with_a_wrong_join_secret_is_refused(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    real = cluster.server.join_token()
+    before = cluster.hosts()
+    p = _join(cluster, real[:-6] + "000000", tmp_path)
+    assert p.returncode != 0 and "401" in p.stderr
+    assert len(cluster.hosts()) == len(before)
