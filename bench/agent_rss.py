@@ -213,20 +213,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine: dockerd {cli(host.docker_host, 'version', '--format', '{{.Server.Version}}')}"
               f" in netns {host.netns}; command: sh -c '{TRAP_SCRIPT}'")
         print()
-        print(f"agent after join, 0 containers:    {fmt(joined['VmRSS'])}  "
-              f"({joined['Threads']} threads)")
-        print(f"agent peak while deploying 20:      {fmt(deploy_peak)}  (includes the image pull)")
-        print(f"agent idle, max over the window:    {fmt(max_kib)}")
-        print(f"agent idle, final:                  {fmt(final_kib)}")
-        print(f"agent threads (idle):               {min(threads)}..{max(threads)}")
-        print(f"agent VmHWM (peak since start):     {fmt(samples[-1]['VmHWM'])}")
-        print(f"containers still running at the end: {still}/{REPLICAS}")
+        thr = f"{min(threads)}" if min(threads) == max(threads) else f"{min(threads)}..{max(threads)}"
+        rows = [
+            ("agent after join, 0 containers", fmt(joined["VmRSS"]),
+             f"({joined['Threads']} threads)"),
+            (f"agent peak while deploying {REPLICAS}", fmt(deploy_peak), "(includes the image pull)"),
+            ("agent idle, max over the window", fmt(max_kib), ""),
+            ("agent idle, final", fmt(final_kib), ""),
+            ("agent VmHWM (peak since start)", fmt(samples[-1]["VmHWM"]), ""),
+            ("agent threads while idle", thr, ""),
+            ("containers running at the end", f"{still}/{REPLICAS}", ""),
+        ]
+        for label, value, note in rows:
+            print(f"{label + ':':<40} {value}  {note}".rstrip())
         print()
         print("for comparison:")
-        print(f"  python3 -c 'import time; time.sleep(5)'          {fmt(bare['VmRSS'])}")
-        print(f"  {Path(sys.executable).name} (venv), the same                  "
-              f"{fmt(venv_bare['VmRSS'])}")
-        print(f"  venv python + import corral.agent.main (no run)  {fmt(imported['VmRSS'])}")
+        venv_label = f"{Path(sys.executable).name} (venv) -c 'import time; time.sleep(5)'"
+        for label, kib in (("python3 -c 'import time; time.sleep(5)'", bare["VmRSS"]),
+                           (venv_label, venv_bare["VmRSS"]),
+                           ("venv python: import corral.agent.main, no run", imported["VmRSS"])):
+            print(f"  {label:<48} {fmt(kib)}")
         print()
         print(f"goal: idle agent RSS <= {GOAL_MB:.0f} MB (max {max_mb:.1f} MB, "
               f"decimal MB; = {kib_to(max_kib)[0]:.1f} MiB): {'PASS' if goal else 'FAIL'}")
