@@ -144,13 +144,15 @@ class Agent:
     def _report_loop(self) -> None:
         sent: dict[str, Any] = {}
         next_beat = 0.0
+        retry_at = 0.0  # after a failed report, changes wait for this too (no hot loop while offline)
+        backoff = 1.0
         while not self._stop.is_set():
             now = time.time()
             facts = self._current_facts()
             statuses = {s.instance_id: s.to_dict() for s in self.reconciler.statuses()}
             changed = [v for k, v in statuses.items() if sent.get(k) != v]
-            if not changed and now < next_beat:
-                self._wake_report.wait(next_beat - now)
+            if (not changed and now < next_beat) or now < retry_at:
+                self._wake_report.wait(max(0.0, (next_beat if now >= retry_at else retry_at) - now))
                 self._wake_report.clear()
                 continue
             body: dict[str, Any] = {"revision": self.reconciler.desired.revision}
@@ -163,10 +165,13 @@ class Agent:
                 self._facts_sent = facts
                 sent.update((c["instance_id"], c) for c in changed)
                 self.heartbeat = float(reply.get("heartbeat_interval", self.heartbeat))
+                backoff = 1.0
             except (Unreachable, ServerError) as exc:
                 log.debug("heartbeat failed: %s", exc)
                 sent = {}  # after the link returns, send everything again
                 self._facts_sent = None
+                retry_at = time.time() + min(backoff, self.heartbeat)
+                backoff = min(backoff * 2, 30.0)
             next_beat = time.time() + self.heartbeat * random.uniform(0.9, 1.1)
 
     # -- engine events ----------------------------------------------------------
