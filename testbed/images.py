@@ -16,6 +16,10 @@ rootfs would still claim amd64. Instead, for each platform:
 
 Debian's docker-registry serves the index only to a GET whose Accept names the OCI index
 media type. Standard library only.
+
+The building blocks are public for other image builders (``testbed.agent_image``):
+``RegistryPusher``, ``sha256_digest``, ``canonical_json``, ``tar_entry``,
+``gzip_deterministic``, ``platform_descriptor``, ``FIXED_MTIME`` / ``FIXED_CREATED``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ PLATFORMS: dict[str, tuple[str, str, str | None]] = {
     "linux/amd64": ("amd64", "amd64", None),
     "linux/arm64": ("arm64", "arm64", None),
     "linux/arm/v7": ("armhf", "arm", "v7"),
+    # Only for bench/resolve.py's 6-platform index; need `dpkg --add-architecture` first.
+    "linux/arm/v5": ("armel", "arm", "v5"),
+    "linux/386": ("i386", "386", None),
+    "linux/ppc64le": ("ppc64el", "ppc64le", None),
+    "linux/s390x": ("s390x", "s390x", None),
 }
 
 APPLETS = (  # symlinked to /bin/busybox; all exist in Debian's busybox-static 1.35
@@ -62,8 +71,8 @@ APPLETS = (  # symlinked to /bin/busybox; all exist in Debian's busybox-static 1
 )
 
 _LAYOUT_VERSION = "corral-testbed-busybox-1"  # bump when the rootfs layout changes
-_MTIME = 946684800  # 2000-01-01T00:00:00Z
-_CREATED = "2000-01-01T00:00:00Z"
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+FIXED_CREATED = "2000-01-01T00:00:00Z"
 _PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -91,11 +100,13 @@ class BuiltImage:
         return f"{self.repository}@{self.digests[platform]}"
 
 
-def _sha256(data: bytes) -> str:
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``, as OCI descriptors name blobs."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _canonical(obj: object) -> bytes:
+def canonical_json(obj: object) -> bytes:
+    """Compact JSON with sorted keys: the bytes of a config, manifest or index."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -123,10 +134,11 @@ def _deb_paths(deb_arches: list[str]) -> dict[str, Path]:
     return {a: p for a in deb_arches if (p := find(a)) is not None}
 
 
-def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+def tar_entry(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    """A tar header owned by root:root with the fixed mtime (deterministic layers)."""
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.size, info.linkname = kind, mode, size, link
-    info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "root", "root"
+    info.mtime, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0, 0, "root", "root"
     return info
 
 
@@ -145,21 +157,26 @@ def build_layer(deb: Path) -> bytes:
             "usr/sbin": 0o755, "var": 0o755}
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     for name, mode in dirs.items():
-        entries.append((_tarinfo(name, tarfile.DIRTYPE, mode), None))
-    entries.append((_tarinfo("bin/busybox", tarfile.REGTYPE, 0o755, len(busybox)), busybox))
+        entries.append((tar_entry(name, tarfile.DIRTYPE, mode), None))
+    entries.append((tar_entry("bin/busybox", tarfile.REGTYPE, 0o755, len(busybox)), busybox))
     for name, data in files.items():
-        entries.append((_tarinfo(name, tarfile.REGTYPE, 0o644, len(data)), data))
+        entries.append((tar_entry(name, tarfile.REGTYPE, 0o644, len(data)), data))
     for applet in APPLETS:
-        entries.append((_tarinfo(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox"), None))
+        entries.append((tar_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox"), None))
     entries.sort(key=lambda e: e[0].name)
 
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for info, content in entries:
             tar.addfile(info, io.BytesIO(content) if content is not None else None)
+    return gzip_deterministic(raw.getvalue())
+
+
+def gzip_deterministic(raw: bytes) -> bytes:
+    """gzip ``raw`` reproducibly: no file name, mtime 0, level 6."""
     out = io.BytesIO()
     with gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        gz.write(raw.getvalue())
+        gz.write(raw)
     return out.getvalue()
 
 
@@ -172,12 +189,12 @@ def _cached_layer(deb: Path, rebuild: bool) -> tuple[bytes, str]:
     if not rebuild and blob_path.exists() and meta_path.exists():
         blob = blob_path.read_bytes()
         meta = json.loads(meta_path.read_text())
-        if _sha256(blob) == meta["digest"]:
+        if sha256_digest(blob) == meta["digest"]:
             return blob, meta["diff_id"]
     blob = build_layer(deb)
-    diff_id = _sha256(gzip.decompress(blob))
-    for path, data in ((blob_path, blob),
-                       (meta_path, _canonical({"digest": _sha256(blob), "diff_id": diff_id}))):
+    diff_id = sha256_digest(gzip.decompress(blob))
+    meta_json = canonical_json({"digest": sha256_digest(blob), "diff_id": diff_id})
+    for path, data in ((blob_path, blob), (meta_path, meta_json)):
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -187,8 +204,12 @@ def _cached_layer(deb: Path, rebuild: bool) -> tuple[bytes, str]:
 # ---------------------------------------------------------------- registry client
 
 
-class _Registry:
-    """A minimal OCI distribution client on one keep-alive HTTP connection."""
+class RegistryPusher:
+    """A minimal OCI distribution client on one keep-alive HTTP connection.
+
+    ``push_blob`` / ``push_manifest`` skip what the registry already holds (HEAD first)
+    and return the pushed digest. Also used by ``testbed.agent_image``.
+    """
 
     def __init__(self, address: str) -> None:
         host, port = address.rsplit(":", 1)
@@ -202,7 +223,7 @@ class _Registry:
         return resp
 
     def push_blob(self, repo: str, data: bytes) -> str:
-        digest = _sha256(data)
+        digest = sha256_digest(data)
         if self.request("HEAD", f"/v2/{repo}/blobs/{digest}").status == 200:
             return digest
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", b"")
@@ -217,7 +238,7 @@ class _Registry:
         return digest
 
     def push_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
-        digest = _sha256(data)
+        digest = sha256_digest(data)
         head = self.request("HEAD", f"/v2/{repo}/manifests/{reference}",
                             headers={"Accept": media_type})
         if head.status == 200 and head.headers.get("Docker-Content-Digest") == digest:
@@ -242,24 +263,26 @@ def _platform_image(platform: str, deb: Path, rebuild: bool) -> tuple[bytes, byt
     _, arch, variant = PLATFORMS[platform]
     layer, diff_id = _cached_layer(deb, rebuild)
     config_obj: dict[str, object] = {
-        "architecture": arch, "os": "linux", "created": _CREATED,
+        "architecture": arch, "os": "linux", "created": FIXED_CREATED,
         "config": {"Env": [_PATH], "Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": _CREATED,
+        "history": [{"created": FIXED_CREATED,
                      "created_by": f"corral testbed: {deb.name} ({_LAYOUT_VERSION})"}],
     }
     if variant:
         config_obj["variant"] = variant
-    config = _canonical(config_obj)
-    manifest = _canonical({
+    config = canonical_json(config_obj)
+    manifest = canonical_json({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": _sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": _sha256(layer), "size": len(layer)}],
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(layer),
+                    "size": len(layer)}],
     })
     return layer, config, manifest
 
 
-def _platform_dict(platform: str) -> dict[str, str]:
+def platform_descriptor(platform: str) -> dict[str, str]:
+    """The ``platform`` object of an index entry for an OCI platform string."""
     _, arch, variant = PLATFORMS[platform]
     out = {"architecture": arch, "os": "linux"}
     if variant:
@@ -283,7 +306,7 @@ def build_busybox(registry: str, repo: str = "corral/busybox", tag: str = "1",
         raise ValueError(f"no busybox build for {unknown}; known: {sorted(PLATFORMS)}")
     with machine_lock("images"):
         debs = _deb_paths([PLATFORMS[p][0] for p in platforms])
-        client = _Registry(registry)
+        client = RegistryPusher(registry)
         try:
             digests: dict[str, str] = {}
             descriptors = []
@@ -292,14 +315,15 @@ def build_busybox(registry: str, repo: str = "corral/busybox", tag: str = "1",
                                                            rebuild)
                 client.push_blob(repo, layer)
                 client.push_blob(repo, config)
-                digest = client.push_manifest(repo, _sha256(manifest), manifest, OCI_MANIFEST)
+                digest = client.push_manifest(repo, sha256_digest(manifest), manifest, OCI_MANIFEST)
                 digests[platform] = digest
                 descriptors.append({"mediaType": OCI_MANIFEST, "digest": digest,
-                                    "size": len(manifest), "platform": _platform_dict(platform)})
+                                    "size": len(manifest),
+                                    "platform": platform_descriptor(platform)})
             if len(platforms) == 1:
                 top, media_type = manifest, OCI_MANIFEST
             else:
-                top = _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                top = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX,
                                   "manifests": descriptors})
                 media_type = OCI_INDEX
             top_digest = client.push_manifest(repo, tag, top, media_type)
