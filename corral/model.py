@@ -61,11 +61,15 @@ class InstanceSpec:
     ports: list[PortSpec] = field(default_factory=list)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     labels: dict[str, str] = field(default_factory=dict)
+    # credentials for pulling `image`; added by the server when it serves the desired
+    # set to the host, never stored with the instance
+    registry_auth: dict[str, str] | None = None
 
     def spec_hash(self) -> str:
         """A digest of everything that, when changed, needs a new container."""
         body = self.to_dict()
         body.pop("restart")  # the agent applies it; changing it needs no new container
+        body.pop("registry_auth")
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -85,6 +89,7 @@ class InstanceSpec:
             ports=[PortSpec(**p) for p in data.get("ports") or []],
             restart=RestartPolicy(**(data.get("restart") or {})),
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            registry_auth=dict(data["registry_auth"]) if data.get("registry_auth") else None,
         )
 
 

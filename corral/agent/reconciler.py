@@ -214,7 +214,7 @@ class Reconciler:
                 return
             self._report(spec.id, model.PULLING)
             try:
-                self.docker.pull(spec.image)
+                self.docker.pull(spec.image, auth=spec.registry_auth)
             except PullError as exc:
                 self._pull_retry_at[spec.id] = now + PULL_RETRY
                 self._due(now + PULL_RETRY)

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from corral import tokens
 from corral.api.auth import require_host, require_join, server_state
 from corral.api.errors import store_errors
+from corral.api.registries import pull_auth
 from corral.api.schemas import Heartbeat, LogChunk, Register
 from corral.model import InstanceStatus
 from corral.server.state import ServerState
@@ -61,13 +62,21 @@ async def channel(revision: int = Query(default=-1), wait: float = Query(default
         if current != revision or state.logs.has_pending(host.id):
             body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id)}
             if current != revision:
-                body["desired"] = (await run_in_threadpool(state.store.desired_set, host.id)).to_dict()
+                body["desired"] = await run_in_threadpool(_desired_with_auth, state, host.id)
             return body
         remaining = deadline - loop.time()
         if remaining <= 0:
             return {"revision": current, "log_requests": []}
         # Wake on notify; re-read the store now and then in case another server replica wrote.
         await state.notifier.wait(host.id, seen, min(remaining, 5.0))
+
+
+def _desired_with_auth(state: ServerState, host_id: str) -> dict[str, Any]:
+    """The host's desired set, with pull credentials for the images that need them."""
+    desired = state.store.desired_set(host_id).to_dict()
+    for inst in desired["instances"]:
+        inst["registry_auth"] = pull_auth(state.store, inst["image"])
+    return desired
 
 
 @router.post("/logs/{request_id}")

@@ -7,16 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.images import InvalidReference, parse_reference
 from corral.scheduler import constraints as cons
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
-# name components, optional registry host[:port], optional :tag, optional @sha256:...
-_IMAGE = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
 
 
 class Strict(BaseModel):
@@ -51,6 +47,8 @@ class ServiceCreate(Strict):
     constraints: list[str] = Field(default_factory=list)
     restart: RestartIn = Field(default_factory=RestartIn)
     labels: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["replicated", "global"] = "replicated"
+    allow_emulation: bool = False
 
     @field_validator("name")
     @classmethod
@@ -63,8 +61,10 @@ class ServiceCreate(Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if not _IMAGE.match(v):
-            raise ValueError(f"invalid image reference {v!r}")
+        try:
+            parse_reference(v)
+        except InvalidReference as exc:
+            raise ValueError(str(exc)) from None
         return v
 
     @field_validator("env")

@@ -24,9 +24,11 @@ def issue_join_token(store: Store, ca_fingerprint: str) -> str:
 
 @router.get("/join")
 def get_join(state: ServerState = Depends(server_state)) -> dict[str, str]:
-    return {"token": state.store.get_setting(JOIN_SETTING) or "", "server": state.public_url}
+    return {"token": state.store.get_setting(JOIN_SETTING) or "", "server": state.public_url,
+            "agent_image": state.agent_image}
 
 
 @router.post("/join/rotate")
 def rotate_join(state: ServerState = Depends(server_state)) -> dict[str, str]:
-    return {"token": issue_join_token(state.store, state.ca_fingerprint), "server": state.public_url}
+    return {"token": issue_join_token(state.store, state.ca_fingerprint), "server": state.public_url,
+            "agent_image": state.agent_image}

@@ -41,6 +41,7 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Mapping[str, HostR
         "host_name": host.name if host else "",
         "host_state": host.state if host else "gone",
         "platform": row.platform,
+        "host_platform": host.platform if host else "",
         "image": row.spec.get("image", ""),
         "state": row.state,
         "desired_state": "running",
@@ -60,12 +61,16 @@ def running_count(instances: Iterable[InstanceRow], hosts: Mapping[str, HostRow]
 
 def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Mapping[str, HostRow],
                  with_instances: bool = False) -> dict[str, Any]:
+    resolution = row.resolution or {}
     body: dict[str, Any] = {
         "id": row.id,
         "name": row.name,
-        "mode": "replicated",
         "replicas": row.replicas,
+        "mode": "replicated",
+        "allow_emulation": False,
         **row.spec,
+        "image_digest": resolution.get("digest"),
+        "image_platforms": [p["platform"] for p in resolution["platforms"]] if resolution else None,
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
         "running": running_count(instances, hosts),

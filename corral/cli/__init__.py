@@ -9,7 +9,7 @@ Modules (each small, imported lazily by the commands that need them):
 * ``parsing``  local validation of arguments (K=V, ports, scale targets, names)
 * ``waiting``  ``corral run``'s wait-until-converged loop
 * ``output``   consoles, JSON, errors, time/size formatting
-* ``render``   tables and panels for hosts, services, instances
+* ``render``   tables and panels for hosts, services, instances, images, registries
 
 Nothing is imported here, so ``import corral.cli.app`` stays cheap.
 """

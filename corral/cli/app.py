@@ -40,6 +40,11 @@ OutputOpt = Annotated[
 ]
 
 
+class ServiceMode(str, enum.Enum):
+    replicated = "replicated"
+    global_ = "global"
+
+
 class RestartCondition(str, enum.Enum):
     any = "any"
     on_failure = "on-failure"
@@ -77,9 +82,17 @@ label_app = typer.Typer(
 )
 service_app = typer.Typer(help="List, inspect, scale and remove services.", no_args_is_help=True)
 token_app = typer.Typer(help="Tokens for joining hosts.", no_args_is_help=True)
+image_app = typer.Typer(
+    help="Look at images as the cluster's registries serve them.", no_args_is_help=True
+)
+registry_app = typer.Typer(
+    help="Credentials the cluster pulls images with (admin).", no_args_is_help=True
+)
 app.add_typer(host_app, name="host")
 host_app.add_typer(label_app, name="label")
 app.add_typer(service_app, name="service")
+app.add_typer(image_app, name="image")
+app.add_typer(registry_app, name="registry")
 app.add_typer(token_app, name="token")
 
 
@@ -296,7 +309,26 @@ def run(
         str | None,
         typer.Option("--name", "-n", help="Service name \\[default: derived from the image]."),
     ] = None,
-    replicas: Annotated[int, typer.Option("--replicas", "-r", help="Number of instances.")] = 1,
+    mode: Annotated[
+        ServiceMode,
+        typer.Option(
+            "--mode",
+            help="replicated: --replicas instances; global: one on every host that can run it.",
+        ),
+    ] = ServiceMode.replicated,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas", "-r", help="Number of instances \\[default: 1] (not with --mode global)."
+        ),
+    ] = None,
+    allow_emulation: Annotated[
+        bool,
+        typer.Option(
+            "--allow-emulation",
+            help="Also run on hosts that can only emulate the image's platform (qemu; slow).",
+        ),
+    ] = False,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable).")
     ] = None,
@@ -327,7 +359,8 @@ def run(
     """Create a service and wait until its instances run.
 
     Options go before the image, as with docker run:
-    corral run -n web -r 3 -p 8080:80 nginx, corral run busybox -- sh -c 'echo hi'.
+    corral run -n web -r 3 -p 8080:80 nginx, corral run busybox -- sh -c 'echo hi',
+    corral run --mode global -n node-exporter prom/node-exporter.
     """
     from corral.cli import output, parsing, session
 
@@ -341,10 +374,23 @@ def run(
         raise typer.BadParameter("must be 0 or more", param_hint="--restart-max-attempts")
     if timeout <= 0:
         raise typer.BadParameter("must be more than 0 seconds", param_hint="--timeout")
+    is_global = mode is ServiceMode.global_
+    if is_global and replicas is not None:
+        raise typer.BadParameter(
+            "a global service runs one instance on every host that can run it; "
+            "drop --replicas or use --mode replicated",
+            param_hint="--replicas",
+        )
     spec: dict[str, Any] = {
         "name": name or checked("--name", parsing.derive_name, image),
         "image": image,
-        "replicas": checked("--replicas", parsing.parse_replicas, replicas),
+        "mode": mode.value,
+    }
+    if not is_global:  # a global service's count is the server's to work out
+        count = 1 if replicas is None else replicas
+        spec["replicas"] = checked("--replicas", parsing.parse_replicas, count)
+    spec |= {
+        "allow_emulation": allow_emulation,
         "env": checked("--env", parsing.parse_env, env or []),
         "command": checked("COMMAND", parsing.split_command, command or []),
         "ports": [checked("--publish", parsing.parse_port, p) for p in publish or []],
@@ -403,13 +449,18 @@ def _wait(client: Any, name: str, timeout: float) -> Any:
 
 
 @service_app.command("ls")
-def service_ls(output_format: OutputOpt = OutputFormat.table) -> None:
-    """List services with their convergence status."""
+def service_ls(
+    no_trunc: Annotated[
+        bool, typer.Option("--no-trunc", help="Whole pending reasons (they wrap).")
+    ] = False,
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """List services with their mode and convergence status."""
     from corral.cli import render, session
 
     with session.open_client() as client:
         services = client.list_services()
-    _show(services, output_format, lambda: render.services_table(services))
+    _show(services, output_format, lambda: render.services_table(services, no_trunc=no_trunc))
 
 
 @service_app.command("inspect")
@@ -507,7 +558,163 @@ def logs(
             lines.close()  # type: ignore[attr-defined]
 
 
+# -- images ---------------------------------------------------------------------
+
+# Image inspect errors name the image in their detail; shown as they are.
+_IMAGE_ERRORS = (404, 422, 502)
+
+
+@image_app.command("inspect")
+def image_inspect(
+    ref: Annotated[
+        str, typer.Argument(help="Image reference, e.g. 127.0.0.1:5000/app:1 or busybox.")
+    ],
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Full digests.")] = False,
+    output_format: OutputOpt = OutputFormat.table,
+) -> None:
+    """Show an image's digest and the platforms it offers (the server asks the registry)."""
+    from corral.cli import render, session
+    from corral.cli.client import APIError, format_detail
+
+    if not ref.strip():
+        raise typer.BadParameter("an image reference is required", param_hint="REF")
+    with session.open_client() as client:
+        try:
+            data = client.inspect_image(ref.strip())
+        except APIError as exc:
+            if exc.status_code in _IMAGE_ERRORS:
+                raise CLIError(format_detail(exc.detail) or str(exc)) from None
+            raise
+
+    def view() -> Any:
+        from rich.console import Group
+
+        return Group(
+            render.image_header(data, ref, no_trunc=no_trunc),
+            render.image_platforms_table(data, no_trunc=no_trunc),
+        )
+
+    _show(data, output_format, view)
+
+
+# -- registry credentials -----------------------------------------------------------
+
+
+def _registry_arg(text: str) -> str:
+    from corral.cli import parsing
+
+    try:
+        return parsing.parse_registry(text)
+    except parsing.ArgumentProblem as exc:
+        raise _usage(exc, "REGISTRY") from None
+
+
+def _read_password_stdin() -> str:
+    """All of stdin, less one trailing newline (as ``docker login --password-stdin``)."""
+    import sys
+
+    return sys.stdin.read().removesuffix("\n").removesuffix("\r")
+
+
+@registry_app.command("login")
+def registry_login(
+    registry: Annotated[
+        str, typer.Argument(help="HOST[:PORT] of the registry, e.g. 127.0.0.1:5001 or docker.io.")
+    ],
+    username: Annotated[
+        str | None,
+        typer.Option("--username", "-u", help="User name (prompted for when missing)."),
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from stdin (else: a hidden prompt)."
+        ),
+    ] = False,
+) -> None:
+    """Store the credentials the cluster pulls images from REGISTRY with.
+
+    The password is sent once, to the server, and never printed; the server never
+    returns it. From a script: echo "$PW" | corral registry login REG -u USER --password-stdin.
+    """
+    from corral.cli import config, output, session
+
+    registry = _registry_arg(registry)
+    if password_stdin and not username:
+        raise typer.BadParameter(
+            "--password-stdin needs --username (stdin holds the password)", param_hint="--username"
+        )
+    cfg = config.resolve()  # "not logged in" before asking for anything
+    if not username:
+        username = str(typer.prompt("Username")).strip()
+    if not username:
+        raise CLIError("a user name is required")
+    if password_stdin:
+        password = _read_password_stdin()
+    else:
+        password = str(typer.prompt("Password", hide_input=True))
+    if not password:
+        raise CLIError("a password is required")
+    try:
+        with session.open_client(cfg) as client:
+            data = client.set_registry_credentials(registry, username, password)
+    except CLIError as exc:
+        # Belt and braces: an error that quotes the request must not show the password.
+        message = str(exc)
+        if password in message:
+            raise CLIError(message.replace(password, "••••••••")) from None
+        raise
+    stored = data.get("registry") or registry
+    user = data.get("username") or username
+    output.info(f"✔ credentials for {stored} stored (user {user})", "green")
+
+
+@registry_app.command("ls")
+def registry_ls(output_format: OutputOpt = OutputFormat.table) -> None:
+    """List the registries the cluster has credentials for (never the passwords)."""
+    from corral.cli import render, session
+
+    with session.open_client() as client:
+        registries = client.list_registries()
+    _show(registries, output_format, lambda: render.registries_table(registries))
+
+
+@registry_app.command("logout")
+def registry_logout(
+    registry: Annotated[str, typer.Argument(help="HOST[:PORT] of the registry.")],
+) -> None:
+    """Forget the credentials for REGISTRY (the cluster then pulls from it anonymously)."""
+    from corral.cli import output, session
+
+    registry = _registry_arg(registry)
+    with session.open_client() as client:
+        client.remove_registry_credentials(registry)
+    output.info(f"✔ credentials for {registry} removed", "green")
+
+
 # -- tokens ---------------------------------------------------------------------
+
+AGENT_STATE_DIR = "/var/lib/corral-agent"
+
+
+def join_commands(server_url: str, token: str, agent_image: str | None) -> dict[str, Any]:
+    """The two ways to add a host, as Rancher's "Add Host" showed them.
+
+    ``{"docker": [line, ...] or None, "pip": line}``: the ``docker run`` of the
+    (multi-arch) agent image is split in lines that together make one command
+    (no image from an older server: None).
+    """
+    import shlex
+
+    agent_args = f"--server {shlex.quote(server_url)} --token {shlex.quote(token)}"
+    docker = None
+    if agent_image:
+        docker = [
+            "docker run -d --name corral-agent --restart always --network host --uts host",
+            f"-v /var/run/docker.sock:/var/run/docker.sock -v {AGENT_STATE_DIR}:{AGENT_STATE_DIR}",
+            f"{shlex.quote(agent_image)} {agent_args}",
+        ]
+    return {"docker": docker, "pip": f"pip install corral && corral agent {agent_args}"}
 
 
 @token_app.command("join")
@@ -517,7 +724,7 @@ def token_join(
     ] = False,
     output_format: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Print the token that lets a new host join, and the command to run on it."""
+    """Print the token that lets a new host join, and the commands that add a host."""
     from corral.cli import config, output, session
 
     cfg = config.resolve()
@@ -529,16 +736,22 @@ def token_join(
     # The server's advertised URL (--advertise-url) is what agents should dial;
     # without one, the URL this CLI reaches the server at.
     server_url = str(data.get("server") or cfg.url)
-    command = f"corral agent --server {server_url} --token {token}"
+    agent_image = str(data.get("agent_image") or "") or None
+    commands = join_commands(server_url, token, agent_image)
+    docker_lines = commands["docker"]
     if output_format is OutputFormat.json:
-        output.print_json({**data, "command": command})
+        docker = " ".join(docker_lines) if docker_lines else None
+        output.print_json({**data, "commands": {"docker": docker, "pip": commands["pip"]}})
         return
     if rotate:
         output.info("✔ join token rotated: the previous one no longer works", "green")
     output.info(token)
     output.info("")
-    output.info("Add a host by running this on it:", "dim")
-    output.info(f"  {command}")
+    output.info("Add a host:", "dim")
+    if docker_lines:
+        pad = "\n" + " " * len("  as a container:  ") + "  "
+        output.info("  as a container:  " + f" \\{pad}".join(docker_lines))
+    output.info(f"  with pip:        {commands['pip']}")
 
 
 # -- server and agent passthrough ----------------------------------------------

@@ -290,7 +290,10 @@ class CorralClient:
         return self._object("GET", "/info")
 
     def get_join_token(self) -> JSONDict:
-        """``{"token": "CORRAL-J1-…", "server": advertised URL (if the server sends it)}``."""
+        """``{"token": "CORRAL-J1-…", "server": advertised URL, "agent_image": multi-arch ref}``.
+
+        Older servers send neither ``server`` nor ``agent_image``.
+        """
         return self._object("GET", "/tokens/join")
 
     def rotate_join_token(self) -> JSONDict:
@@ -321,7 +324,8 @@ class CorralClient:
     # -- services and instances --------------------------------------------
 
     def create_service(self, spec: JSONDict) -> JSONDict:
-        """POST a service spec (name, image, replicas, env, command, ports, constraints, restart)."""
+        """POST a service spec (name, image, mode, replicas, allow_emulation, env, command,
+        ports, constraints, restart)."""
         return self._object("POST", "/services", json=spec)
 
     def list_services(self) -> list[JSONDict]:
@@ -363,3 +367,37 @@ class CorralClient:
                 response.read()
                 raise APIError.from_response(response)
             yield from response.iter_lines()
+
+    # -- images ------------------------------------------------------------
+
+    def inspect_image(self, ref: str) -> JSONDict:
+        """What the registry says about ``ref``: its digest and the platforms it offers.
+
+        ``{"reference", "registry", "repository", "tag", "digest", "media_type",
+        "platforms": [{"platform", "digest", "size", "media_type", "os_version"}]}``.
+        The server asks the registry: 404 (no such image), 422 (invalid reference)
+        and 502 (registry unreachable, refused the credentials, answered nonsense).
+        """
+        return self._object("GET", "/images/inspect", params={"ref": ref})
+
+    # -- registry credentials ------------------------------------------------
+
+    def set_registry_credentials(self, registry: str, username: str, password: str) -> JSONDict:
+        """Store (or replace) the credentials the cluster pulls from ``registry`` with.
+
+        The password goes in this request's body and nowhere else; the answer
+        (``{"registry", "username", "created_at"}``) never contains it.
+        """
+        return self._object(
+            "PUT",
+            f"/registries/{_quote(registry)}",
+            json={"username": username, "password": password},
+        )
+
+    def list_registries(self) -> list[JSONDict]:
+        """``[{"registry", "username", "created_at"}]`` (passwords are never returned)."""
+        return self._list("GET", "/registries")
+
+    def remove_registry_credentials(self, registry: str) -> None:
+        """Forget ``registry``'s credentials (404 when there are none)."""
+        self._request("DELETE", f"/registries/{_quote(registry)}")

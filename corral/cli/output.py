@@ -144,6 +144,11 @@ def short_id(value: str | None, length: int = 12) -> str:
     return (value or "-")[:length]
 
 
+def short_digest(value: str | None, length: int = 19) -> str:
+    """``sha256:0123456789ab`` (the algorithm and 12 hex digits), or ``-``."""
+    return (value or "-")[:length]
+
+
 def truncate(value: str, length: int) -> str:
     value = " ".join(value.split())  # one line
     return value if len(value) <= length else value[: length - 1] + "…"

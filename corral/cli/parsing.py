@@ -15,6 +15,7 @@ JSONDict = dict[str, Any]
 
 _NAME_JUNK = re.compile(r"[^a-z0-9-]+")
 _PORT = re.compile(r"^(\d+):(\d+)(?:/([A-Za-z]+))?$")
+_REGISTRY = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
 class ArgumentProblem(ValueError):
@@ -119,3 +120,24 @@ def split_command(args: list[str]) -> list[str] | None:
             "(corral run [OPTIONS] IMAGE [COMMAND]...); put `--` before a command starting with '-'"
         )
     return list(args)
+
+
+def parse_registry(text: str) -> str:
+    """A registry as ``host[:port]``: ``127.0.0.1:5001``, ``docker.io``.
+
+    A URL's scheme and trailing slash are dropped (``https://reg:5000/`` ->
+    ``reg:5000``), as ``docker login`` accepts them; a path is refused: credentials
+    belong to a whole registry, not to a repository.
+    """
+    value = text.strip()
+    lowered = value.lower()
+    for scheme in ("https://", "http://"):
+        if lowered.startswith(scheme):
+            value = value[len(scheme) :]
+            break
+    value = value.rstrip("/")
+    if not _REGISTRY.match(value):
+        raise ArgumentProblem(
+            f"{text!r}: expected a registry as HOST[:PORT], e.g. 127.0.0.1:5000 or docker.io"
+        )
+    return value

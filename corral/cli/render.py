@@ -1,4 +1,4 @@
-"""Tables and panels for hosts, services and instances.
+"""Tables and panels for hosts, services, instances, images and registries.
 
 Pure functions from API objects (plain dicts) to Rich renderables; no I/O, so
 they are tested directly.  Tables are compact and docker-like: no borders, a
@@ -11,7 +11,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from corral.cli.output import ago, human_bytes, kv, short_id, state_text, timestamp, truncate
+from corral.cli.output import (
+    ago,
+    human_bytes,
+    kv,
+    short_digest,
+    short_id,
+    state_text,
+    timestamp,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -20,16 +29,18 @@ if TYPE_CHECKING:
 
 JSONDict = dict[str, Any]
 ERROR_WIDTH = 48
+STATUS_WIDTH = 64
 
 
-def _table(*columns: str) -> Table:
+def _table(*columns: str, wrap: tuple[str, ...] = ("ERROR", "LABELS")) -> Table:
+    """Columns in ``wrap`` may wrap; on a narrow terminal Rich shrinks them first."""
     from rich.table import Table
 
     table = Table(
         box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 2, 0, 0)
     )
     for column in columns:
-        table.add_column(column, no_wrap=column not in ("ERROR", "LABELS"), overflow="fold")
+        table.add_column(column, no_wrap=column not in wrap, overflow="fold")
     return table
 
 
@@ -55,12 +66,25 @@ def ports_text(ports: list[JSONDict] | None) -> str:
     )
 
 
+def converged(service: JSONDict) -> bool:
+    """Every wanted instance runs.
+
+    A global service wants one instance per host that can run it; until the
+    server has counted those hosts (``desired`` 0, no ``pending_reason``), it
+    has not converged.
+    """
+    desired = service.get("desired", service.get("replicas", 0))
+    if service.get("running", 0) != desired:
+        return False
+    return service.get("mode") != "global" or bool(desired)
+
+
 def service_status(service: JSONDict) -> tuple[str, str]:
     """(text, style): ``pending: <reason>`` yellow, ``converged`` green, or ``converging``."""
     reason = service.get("pending_reason")
     if reason:
         return f"pending: {reason}", "yellow"
-    if service.get("running") == service.get("desired", service.get("replicas")):
+    if converged(service):
         return "converged", "green"
     return "converging", ""
 
@@ -147,15 +171,20 @@ def host_panel(host: JSONDict, now: datetime | None = None) -> RenderableType:
 # -- services ---------------------------------------------------------------
 
 
-def services_table(services: list[JSONDict]) -> Table:
-    table = _table("NAME", "IMAGE", "REPLICAS", "PORTS", "STATUS")
+def services_table(services: list[JSONDict], *, no_trunc: bool = False) -> Table:
+    """A long pending reason is cut to STATUS_WIDTH (``service inspect`` shows it whole)."""
+    # STATUS wraps rather than squeezing the other columns on a narrow terminal
+    table = _table("NAME", "IMAGE", "MODE", "REPLICAS", "PORTS", "STATUS", wrap=("STATUS",))
     for svc in services:
         status, style = service_status(svc)
+        if not no_trunc:
+            status = truncate(status, STATUS_WIDTH)
         desired = svc.get("desired", svc.get("replicas"))
         _row(
             table,
             _text(svc.get("name")),
             _text(svc.get("image")),
+            _text(svc.get("mode")),
             f"{svc.get('running', 0)}/{desired}",
             ports_text(svc.get("ports")),
             _text(status, style),
@@ -174,6 +203,21 @@ def restart_text(restart: JSONDict | None) -> str:
     return text
 
 
+def image_digest_text(service: JSONDict) -> Text:
+    """The digest the service is pinned to; ``unresolved`` (yellow) while it is null."""
+    if "image_digest" in service and not service["image_digest"]:
+        return _text("unresolved", "yellow")
+    return _text(service.get("image_digest"))
+
+
+def emulation_text(allowed: bool | None) -> Text:
+    if allowed is None:
+        return _text(None)
+    if allowed:
+        return _text("allowed (under qemu where no build matches the host)")
+    return _text("not allowed (native builds only)")
+
+
 def service_panel(service: JSONDict, now: datetime | None = None) -> RenderableType:
     import shlex
 
@@ -184,11 +228,18 @@ def service_panel(service: JSONDict, now: datetime | None = None) -> RenderableT
     status, style = service_status(service)
     command = service.get("command")
     desired = service.get("desired", service.get("replicas"))
+    replicas = f"{service.get('running', 0)}/{desired} running"
+    if service.get("mode") == "global":
+        replicas += " (one on every host that can run it)"
     rows: list[tuple[str, Any]] = [
         ("ID", _text(service.get("id"))),
         ("Image", _text(service.get("image"))),
+        ("Digest", image_digest_text(service)),
+        ("Platforms", _text(", ".join(service.get("image_platforms") or []))),
         ("Mode", _text(service.get("mode"))),
-        ("Replicas", f"{service.get('running', 0)}/{desired} running"),
+        ("Emulation", emulation_text(service.get("allow_emulation"))),
+        ("Replicas", replicas),
+        # the whole pending reason, wrapped by the grid: never truncated
         ("Status", _text(status, style)),
         ("Command", shlex.join(command) if command else "(image default)"),
         ("Env", kv(service.get("env"))),
@@ -244,5 +295,52 @@ def instances_table(
             instance_state(inst),
             ago(inst.get("since"), now),
             _text(err if no_trunc else truncate(err, ERROR_WIDTH), "red"),
+        )
+    return table
+
+
+# -- images -----------------------------------------------------------------
+
+
+def image_header(image: JSONDict, ref: str = "", *, no_trunc: bool = False) -> Text:
+    """``REFERENCE  sha256:0123456789ab`` (the full digest with ``no_trunc``)."""
+    digest = image.get("digest")
+    text = _text(image.get("reference") or ref, "bold")
+    text.append("  ")
+    text.append(str(digest or "-") if no_trunc else short_digest(digest))
+    return text
+
+
+def image_platforms_table(image: JSONDict, *, no_trunc: bool = False) -> Table:
+    """PLATFORM DIGEST SIZE [OS VERSION]: OS VERSION only when some build has one."""
+    platforms = image.get("platforms") or []
+    with_os = any(p.get("os_version") for p in platforms)
+    columns = ["PLATFORM", "DIGEST", "SIZE", *(["OS VERSION"] if with_os else [])]
+    # full digests fold on a narrow terminal instead of squeezing the platforms away
+    table = _table(*columns, wrap=("DIGEST",) if no_trunc else ())
+    for entry in platforms:
+        digest = entry.get("digest")
+        cells: list[Any] = [
+            _text(entry.get("platform")),
+            _text(digest if no_trunc else short_digest(digest)),
+            human_bytes(entry.get("size")),
+        ]
+        if with_os:
+            cells.append(_text(entry.get("os_version")))
+        _row(table, *cells)
+    return table
+
+
+# -- registries -------------------------------------------------------------
+
+
+def registries_table(registries: list[JSONDict], now: datetime | None = None) -> Table:
+    table = _table("REGISTRY", "USERNAME", "ADDED")
+    for entry in registries:
+        _row(
+            table,
+            _text(entry.get("registry")),
+            _text(entry.get("username")),
+            ago(entry.get("created_at"), now),
         )
     return table

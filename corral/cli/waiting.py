@@ -4,9 +4,13 @@
 :class:`Outcome` as soon as one of these holds, checked in this order:
 
 1. an instance that should run is ``pull_failed`` or ``failed``  -> "failed"
-2. ``running == desired``                                        -> "converged"
+2. ``running == desired`` (global: and ``desired > 0``)          -> "converged"
 3. the service has a ``pending_reason`` (nothing can place it)   -> "pending"
 4. the time is up                                                -> "timeout"
+
+A global service's ``desired`` is the number of hosts that can run it, which
+the server works out after the service is created: until it is more than 0
+(or a ``pending_reason`` says why no host can), the service has not settled.
 
 The clock and sleep are parameters, so tests run it instantly.
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from corral.cli.client import CorralClient
+from corral.cli.render import converged
 
 JSONDict = dict[str, Any]
 FAILED_STATES = ("pull_failed", "failed")
@@ -79,7 +84,7 @@ def wait_for_service(
         failed = failures(svc)
         if failed:
             return Outcome("failed", svc, "\n".join(failed))
-        if svc.get("running", 0) == svc.get("desired", svc.get("replicas", 0)):
+        if converged(svc):
             return Outcome("converged", svc, progress_line(svc))
         if svc.get("pending_reason"):
             return Outcome(

@@ -1,11 +1,18 @@
-"""Service reconciler: makes each service's instances match its replica count.
+"""Service reconciler: makes each service's instances match what it asks for.
 
-It reads a snapshot from the store, asks the (pure) placement function where
-missing replicas go, and applies the result in one transaction that also bumps
-the revisions of the hosts it touched; then it wakes those hosts' agents.
+For a service it (1) resolves the image once against its registry and pins the
+result to the service, so scaling never mixes versions even if the tag moves;
+(2) reads a snapshot of hosts and instances; (3) asks the pure placement code
+where missing instances go (each host gets the image build for its platform,
+pinned by digest); (4) applies the result in one transaction that also bumps
+the revisions of the hosts it touched, then wakes those hosts' agents.
+
 Reconciles are serialised by one lock, so two requests never place the same
-slot twice.  Instances on a host that is down are kept (rescheduling after a
-grace period belongs to the lifecycle controller, not here).
+slot twice; the registry is asked outside that lock.  A registry that is down
+or an image that does not exist leaves the service pending with the reason
+(retried by the periodic reconcile), never half-deployed.  Instances on a
+host that is down are kept: rescheduling after a grace period is the
+lifecycle controller's job, not this one's.
 """
 
 from __future__ import annotations
@@ -13,27 +20,56 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
+from corral.images import ImageError, ResolvedImage
 from corral.model import InstanceSpec, PortSpec, RestartPolicy
+from corral.platforms import Platform
 from corral.scheduler import constraints as cons
-from corral.scheduler.spread import HostView, place_spread
+from corral.scheduler.placement import (
+    HostView,
+    Placement,
+    ServiceRequest,
+    place_global,
+    place_replicated,
+)
+from corral.scheduler.platforms import host_platforms
 from corral.store.store import NewInstance, NotFoundError, Store, new_id
 from corral.store.tables import HostRow, InstanceRow, ServiceRow
 
 
+class ImageResolver(Protocol):
+    def resolve(self, ref: str) -> ResolvedImage: ...
+
+
 def host_view(row: HostRow) -> HostView:
     facts = cons.HostFacts(id=row.id, hostname=row.name, platform=row.platform, labels=row.labels)
-    return HostView(facts=facts, state=row.state)
+    plats = host_platforms(row.platform, row.facts.get("emulated_platforms") or (), bool(row.facts.get("arm32")))
+    return HostView(facts=facts, state=row.state, platforms=plats)
 
 
-def instance_spec(service: ServiceRow, slot: int, instance_id: str) -> InstanceSpec:
+def service_request(service: ServiceRow) -> ServiceRequest:
+    spec = service.spec
+    platforms = None
+    if service.resolution is not None:
+        platforms = tuple(Platform.parse(p["platform"]) for p in service.resolution["platforms"])
+    return ServiceRequest(
+        constraints=tuple(cons.parse(c) for c in spec.get("constraints") or []),
+        image_platforms=platforms,
+        allow_emulation=bool(spec.get("allow_emulation")),
+        one_per_host=bool(spec.get("ports")),
+        mode="global" if spec.get("mode") == "global" else "replicated",
+    )
+
+
+def instance_spec(service: ServiceRow, slot: int, instance_id: str, image: str) -> InstanceSpec:
     spec = service.spec
     return InstanceSpec(
         id=instance_id,
         name=f"{service.name}.{slot}.{instance_id}",
         service=service.name,
         slot=slot,
-        image=spec["image"],
+        image=image,
         command=spec.get("command"),
         env=dict(spec.get("env") or {}),
         ports=[PortSpec(**p) for p in spec.get("ports") or []],
@@ -43,9 +79,11 @@ def instance_spec(service: ServiceRow, slot: int, instance_id: str) -> InstanceS
 
 
 class ServiceController:
-    def __init__(self, store: Store, notify: Callable[[list[str]], None]) -> None:
+    def __init__(self, store: Store, notify: Callable[[list[str]], None],
+                 images: ImageResolver | None = None) -> None:
         self._store = store
         self._notify = notify
+        self._images = images
         self._lock = threading.Lock()
 
     def reconcile_all(self) -> None:
@@ -53,35 +91,65 @@ class ServiceController:
             self.reconcile(service.name)
 
     def reconcile(self, name: str) -> None:
+        try:
+            service = self._store.get_service(name)
+        except NotFoundError:
+            return
+        if service.resolution is None and self._images is not None and not self._resolve(service):
+            return
         with self._lock:
-            try:
-                service = self._store.get_service(name)
-            except NotFoundError:
-                return
-            hosts = {h.id: h for h in self._store.list_hosts()}
-            instances = self._store.list_instances(service_id=service.id)
+            changed = self._place(name)
+        self._notify(changed)
+
+    def _resolve(self, service: ServiceRow) -> bool:
+        try:
+            resolved = self._images.resolve(service.spec["image"])  # type: ignore[union-attr]
+        except ImageError as exc:
+            reason = f"{exc} (retrying)" if exc.retryable else str(exc)
+            self._store.set_pending_reason(service.id, reason)
+            return False
+        self._store.set_resolution(service.id, resolved.to_dict())
+        return True
+
+    def _place(self, name: str) -> list[str]:
+        try:
+            service = self._store.get_service(name)
+        except NotFoundError:
+            return []
+        hosts = {h.id: h for h in self._store.list_hosts()}
+        views = [host_view(h) for h in hosts.values()]
+        instances = self._store.list_instances(service_id=service.id)
+        req = service_request(service)
+        replicas: int | None = None
+        if req.mode == "global":
+            result, eligible = place_global(req, views, {i.host_id for i in instances},
+                                            max((i.slot for i in instances), default=0) + 1)
+            remove = self._not_eligible(instances, eligible, hosts)
+            replicas = len(eligible)
+        else:
             remove = self._surplus(instances, service.replicas, hosts)
             kept = [i for i in instances if i.id not in set(remove)]
             used = {i.slot for i in kept}
-            missing = service.replicas - len(kept)
-            slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:max(0, missing)]
-            result = place_spread(
-                slots,
-                [host_view(h) for h in hosts.values()],
-                [cons.parse(c) for c in service.spec.get("constraints") or []],
-                Counter(i.host_id for i in kept),
-                self._store.instance_counts(),
-                one_per_host=bool(service.spec.get("ports")),
-            )
-            add = []
-            for p in result.placements:
-                iid = new_id()
-                add.append(NewInstance(host_id=p.host_id, slot=p.slot, spec=instance_spec(service, p.slot, iid),
-                                       platform=hosts[p.host_id].platform))
-            if not add and not remove and service.pending_reason == result.reason:
-                return
-            changed = self._store.apply_service_plan(service.id, add, remove, result.reason)
-        self._notify(changed)
+            missing = max(0, service.replicas - len(kept))
+            slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
+            result = place_replicated(slots, req, views, Counter(i.host_id for i in kept),
+                                      self._store.instance_counts())
+        add = [self._new_instance(service, p, hosts[p.host_id]) for p in result.placements]
+        if not add and not remove and service.pending_reason == result.reason and \
+                (replicas is None or replicas == service.replicas):
+            return []
+        return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas)
+
+    @staticmethod
+    def _new_instance(service: ServiceRow, p: Placement, host: HostRow) -> NewInstance:
+        iid = new_id()
+        image = service.spec["image"]
+        platform = host.platform
+        if p.choice is not None and service.resolution is not None:
+            platform = str(p.choice.platform)
+            image = ResolvedImage.from_dict(service.resolution).pull_reference(p.choice.platform) or image
+        return NewInstance(host_id=host.id, slot=p.slot, spec=instance_spec(service, p.slot, iid, image),
+                           platform=platform, emulated=p.choice is not None and p.choice.kind == "emulated")
 
     @staticmethod
     def _surplus(instances: list[InstanceRow], replicas: int, hosts: dict[str, HostRow]) -> list[str]:
@@ -92,3 +160,16 @@ class ServiceController:
         ranked = sorted(instances, key=lambda i: (hosts.get(i.host_id) is not None
                                                   and hosts[i.host_id].state == "ready", -i.slot))
         return [i.id for i in ranked[:extra]]
+
+    @staticmethod
+    def _not_eligible(instances: list[InstanceRow], eligible: set[str], hosts: dict[str, HostRow]) -> list[str]:
+        """Global services: drop instances on ready hosts that no longer qualify, and duplicates."""
+        remove, seen = [], set()
+        for inst in sorted(instances, key=lambda i: i.slot):
+            host = hosts.get(inst.host_id)
+            ready = host is not None and host.state == "ready"
+            if inst.host_id in seen or (ready and inst.host_id not in eligible):
+                remove.append(inst.id)
+            seen.add(inst.host_id)
+        return remove
+

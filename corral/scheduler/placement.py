@@ -108,7 +108,7 @@ def feasible(req: ServiceRequest, hosts: Sequence[HostView]) -> tuple[list[Fit],
              for (one, many), n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0]))]
     text = f"0 of {_plural(len(hosts), 'host', 'hosts')} can run it: "
     if req.image_platforms is not None:
-        text += "image offers " + ", ".join(sorted(str(p) for p in req.image_platforms)) + "; "
+        text += "image offers " + ", ".join(dict.fromkeys(str(p) for p in req.image_platforms)) + "; "
     text += ", ".join(parts)
     if emulation_would_help:
         text += ("; " + ", ".join(sorted(emulation_would_help))

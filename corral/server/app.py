@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from corral import __version__
-from corral.api import agent, hosts, services, system, tokens
+from corral.api import agent, hosts, images, registries, services, system, tokens
 from corral.server.state import ServerState
 
 log = logging.getLogger("corral.server")
@@ -31,7 +31,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
     app.state.corral = state
-    for module in (system, hosts, services, tokens, agent):
+    for module in (system, hosts, services, images, registries, tokens, agent):
         app.include_router(module.router)
     return app
 

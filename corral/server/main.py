@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from corral import tokens
+from corral import __version__, tokens
 
 if TYPE_CHECKING:
+    from corral.controllers.services import ImageResolver
     from corral.server.pki import ServerPKI
     from corral.server.state import ServerState
 
@@ -45,13 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between agent heartbeats")
     p.add_argument("--down-after", type=float, default=None,
                    help="seconds without heartbeat before a host is down (default: 3 intervals)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]|CIDR",
+                   help="registry reached over plain HTTP (loopback registries always are)")
+    p.add_argument("--agent-image", default=os.environ.get("CORRAL_AGENT_IMAGE", f"127.0.0.1:5000/corral/agent:{__version__}"),
+                   help="multi-arch image of the agent, shown by `corral token join`")
     p.add_argument("--log-level", default="info")
     return p
 
 
-def bootstrap(args: argparse.Namespace) -> tuple[ServerState, ServerPKI]:
+def bootstrap(args: argparse.Namespace, images: ImageResolver | None = None) -> tuple[ServerState, ServerPKI]:
     """Open everything; return (state, pki)."""
+    from corral.api.registries import registry_credentials
     from corral.api.tokens import JOIN_SETTING, issue_join_token
+    from corral.images import RegistryClient
     from corral.server.pki import ensure_pki
     from corral.server.state import ServerState
     from corral.store.db import open_engine, sqlite_url
@@ -77,7 +84,12 @@ def bootstrap(args: argparse.Namespace) -> tuple[ServerState, ServerPKI]:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     public = args.advertise_url or f"{scheme}://{shown}:{port}"
     interval = args.heartbeat_interval
-    state = ServerState.build(store, pki.ca_pem, fp, interval, args.down_after or 3 * interval, public)
+    if images is None:
+        images = RegistryClient(credentials=registry_credentials(store), insecure=args.insecure_registry,
+                                timeout=5.0, retries=2)
+    state = ServerState.build(store, images, ca_pem=pki.ca_pem, ca_fingerprint=fp, heartbeat_interval=interval,
+                              down_after=args.down_after or 3 * interval, public_url=public,
+                              agent_image=args.agent_image)
     return state, pki
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corral.controllers.hosts import HostMonitor
-from corral.controllers.services import ServiceController
+from corral.controllers.services import ImageResolver, ServiceController
 from corral.server.channels import LogBroker, Notifier
 from corral.store.store import Store
 
@@ -17,23 +17,27 @@ class ServerState:
     logs: LogBroker
     services: ServiceController
     monitor: HostMonitor
+    images: ImageResolver
     ca_pem: str
     ca_fingerprint: str
     heartbeat_interval: float
     public_url: str
+    agent_image: str
 
     @classmethod
-    def build(cls, store: Store, ca_pem: str, ca_fingerprint: str, heartbeat_interval: float,
-              down_after: float, public_url: str) -> ServerState:
+    def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
+              heartbeat_interval: float, down_after: float, public_url: str, agent_image: str) -> ServerState:
         notifier = Notifier()
         return cls(
             store=store,
             notifier=notifier,
             logs=LogBroker(notifier),
-            services=ServiceController(store, notifier.notify),
+            services=ServiceController(store, notifier.notify, images),
             monitor=HostMonitor(store, down_after),
+            images=images,
             ca_pem=ca_pem,
             ca_fingerprint=ca_fingerprint,
             heartbeat_interval=heartbeat_interval,
             public_url=public_url,
+            agent_image=agent_image,
         )

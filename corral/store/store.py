@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
-from corral.store.tables import HostRow, InstanceRow, ServiceRow, SettingRow, TokenRow
+from corral.store.tables import HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
 
 
 def new_id() -> str:
@@ -249,6 +249,44 @@ class Store:
             self._bump(s, hosts)
             return hosts
 
+    def set_resolution(self, service_id: str, resolution: dict[str, Any] | None,
+                       pending_reason: str | None = None) -> None:
+        with self._write() as s:
+            row = s.get(ServiceRow, service_id)
+            if row is not None:
+                row.resolution = resolution
+                row.pending_reason = pending_reason
+
+    def set_pending_reason(self, service_id: str, reason: str | None) -> None:
+        with self._write() as s:
+            row = s.get(ServiceRow, service_id)
+            if row is not None and row.pending_reason != reason:
+                row.pending_reason = reason
+
+    # -- registry credentials -------------------------------------------------
+
+    def set_registry_credential(self, registry: str, username: str, password: str) -> RegistryCredentialRow:
+        row = RegistryCredentialRow(host=registry, username=username, password=password,
+                                    created_at=self.clock())
+        with self._write() as s:
+            s.merge(row)
+        return row
+
+    def registry_credential(self, registry: str) -> RegistryCredentialRow | None:
+        with self._read() as s:
+            return s.get(RegistryCredentialRow, registry)
+
+    def list_registry_credentials(self) -> list[RegistryCredentialRow]:
+        with self._read() as s:
+            return list(s.scalars(select(RegistryCredentialRow).order_by(RegistryCredentialRow.host)))
+
+    def delete_registry_credential(self, registry: str) -> None:
+        with self._write() as s:
+            row = s.get(RegistryCredentialRow, registry)
+            if row is None:
+                raise NotFoundError(f"no credentials stored for registry {registry!r}")
+            s.delete(row)
+
     def list_instances(self, service_id: str | None = None,
                        host_id: str | None = None) -> list[InstanceRow]:
         with self._read() as s:
@@ -266,7 +304,7 @@ class Store:
             return {host_id: n for host_id, n in rows}
 
     def apply_service_plan(self, service_id: str, add: Iterable[NewInstance], remove: Iterable[str],
-                           pending_reason: str | None) -> list[str]:
+                           pending_reason: str | None, replicas: int | None = None) -> list[str]:
         """Add and remove a service's instances in one transaction.
 
         Returns the hosts whose desired sets changed (their revisions are bumped).
@@ -289,6 +327,8 @@ class Store:
                                   container_id="", restarts=0, since=now, created_at=now))
             if svc.pending_reason != pending_reason:
                 svc.pending_reason = pending_reason
+            if replicas is not None and svc.replicas != replicas:  # global services: hosts that qualify
+                svc.replicas = replicas
             self._bump(s, sorted(hosts))
             return sorted(hosts)
 

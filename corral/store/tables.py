@@ -41,6 +41,9 @@ class ServiceRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     replicas: Mapped[int] = mapped_column(Integer)
     pending_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the image as resolved from its registry (corral.images.ResolvedImage.to_dict()),
+    # pinned for the life of the service so that scaling never mixes versions
+    resolution: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -81,3 +84,15 @@ class SettingRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class RegistryCredentialRow(Base):
+    """Credentials an admin stored for a registry; the API never returns the password."""
+
+    __tablename__ = "registry_credentials"
+
+    # `registry` is taken by SQLAlchemy's declarative base; the column keeps that name
+    host: Mapped[str] = mapped_column("registry", String(255), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    password: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from testbed.cluster import wait_for
-from testbed.images import BuiltImage
+from testbed.images import BuiltImage, build_busybox
 from tests.e2e.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -63,13 +63,22 @@ def test_replicas_spread_over_three_hosts(cluster: Cluster, busybox_image: Built
     wait_for(lambda: sum(len(n.containers("spread")) for n in cluster.nodes) == 0, 30, "containers removed")
 
 
-def test_arm64_container_really_runs_aarch64(cluster: Cluster, busybox_image: BuiltImage) -> None:
-    digest = busybox_image.digests["linux/arm64"]
-    ref = f"{busybox_image.ref.rsplit(':', 1)[0]}@{digest}"
-    cluster.create(name="armcheck", image=ref, command=["sh", "-c", "while true; do uname -m; sleep 1; done"],
-                   constraints=["node.labels.zone==edge"])
+def test_arm64_container_really_runs_aarch64_when_emulation_is_allowed(cluster: Cluster,
+                                                                       busybox_image: BuiltImage) -> None:
+    ref = busybox_image.by_digest("linux/arm64")  # a single-platform manifest: linux/arm64 only
+    cmd = ["sh", "-c", "while true; do uname -m; sleep 1; done"]
+    svc = cluster.create(name="armcheck", image=ref, command=cmd, constraints=["node.labels.zone==edge"])
+    assert svc["instances"] == []  # the amd64 hosts have no arm64 build to run natively
+    assert svc["pending_reason"] == ("0 of 3 hosts can run it: image offers linux/arm64; 2 hosts do not match "
+                                     "constraint node.labels.zone==edge, 1 host is linux/amd64 (no build); "
+                                     "linux/amd64 could run it emulated (allow emulation to use it)")
+    cluster.remove("armcheck")
+    cluster.create(name="armcheck", image=ref, command=cmd, constraints=["node.labels.zone==edge"],
+                   allow_emulation=True)
     svc = cluster.wait_running("armcheck", 1)
-    assert svc["instances"][0]["host_name"] == "e2e3"
+    inst = svc["instances"][0]
+    assert inst["host_name"] == "e2e3" and inst["emulated"] and inst["platform"] == "linux/arm64"
+    assert inst["image"] == ref
     with cluster.api() as c:
         text = wait_for(lambda: when("aarch64", c.get("/api/v1/services/armcheck/logs", params={"tail": 5}).text),
                         30, "uname -m output")
@@ -77,21 +86,44 @@ def test_arm64_container_really_runs_aarch64(cluster: Cluster, busybox_image: Bu
     cluster.remove("armcheck")
 
 
-def test_unknown_image_shows_the_pull_error(cluster: Cluster, registry: str) -> None:
-    cluster.create(name="ghost", image=f"{registry}/corral/does-not-exist:1.0")
-    svc = cluster.wait_service("ghost", lambda s: s["instances"] and s["instances"][0]["state"] == "pull_failed",
-                               60, "pull_failed")
-    err = svc["instances"][0]["error"]
-    assert "does-not-exist" in err and ("not found" in err or "unknown" in err), err
-    assert svc["running"] == 0
+def test_unknown_image_stays_pending_naming_it(cluster: Cluster, registry: str) -> None:
+    svc = cluster.create(name="ghost", image=f"{registry}/corral/does-not-exist:1.0")
+    assert svc["instances"] == []
+    assert f"{registry}/corral/does-not-exist:1.0" in svc["pending_reason"] and "not found" in svc["pending_reason"]
     cluster.remove("ghost")
+
+
+def delete_manifest(registry: str, repo: str, digest: str) -> None:
+    r = httpx.delete(f"http://{registry}/v2/{repo}/manifests/{digest}")
+    assert r.status_code == 202, r.text
+
+
+def test_pull_error_shows_in_the_instance_state(cluster: Cluster, registry: str) -> None:
+    """An image deleted from the registry after it was resolved: the host's pull fails, and says why."""
+    repo = "corral/ephemeral"
+    image = build_busybox(registry, repo=repo, tag="gone", platforms=("linux/amd64",))
+    svc = cluster.create(name="vanish", image=image.ref, command=["sleep", "3600"],
+                         constraints=["node.labels.vanish==yes"])
+    assert svc["instances"] == [] and svc["image_digest"] == image.index_digest  # pinned while it existed
+    delete_manifest(registry, repo, image.index_digest)
+    with cluster.api() as c:
+        c.put("/api/v1/hosts/e2e1/labels/vanish", json={"value": "yes"}).raise_for_status()
+        try:
+            svc = cluster.wait_service("vanish", lambda s: s["instances"] and s["instances"][0]["state"] == "pull_failed",
+                                       60, "pull_failed")
+            err = svc["instances"][0]["error"]
+            assert "ephemeral" in err and ("not found" in err or "unknown" in err), err
+            assert svc["running"] == 0
+        finally:
+            cluster.remove("vanish")
+            c.delete("/api/v1/hosts/e2e1/labels/vanish")
 
 
 def test_constraint_matching_no_host_stays_pending(cluster: Cluster, busybox_image: BuiltImage) -> None:
     svc = cluster.create(name="nowhere", image=busybox_image.ref, constraints=["node.labels.zone==mars"])
     assert svc["instances"] == []
-    assert svc["pending_reason"] == ("0 of 3 hosts can run it: 3 hosts do not match constraint "
-                                     "node.labels.zone==mars")
+    assert svc["pending_reason"] == ("0 of 3 hosts can run it: image offers linux/amd64, linux/arm64, "
+                                     "linux/arm/v7; 3 hosts do not match constraint node.labels.zone==mars")
     cluster.remove("nowhere")
 
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from corral.server.app import create_app
 from corral.server.main import bootstrap, build_parser
 from corral.server.state import ServerState
+from tests.unit.fake_images import FakeImages
 
 
 @dataclass
@@ -26,8 +27,9 @@ class Harness:
     def as_admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin}"}
 
-    def register(self, name: str, platform: str = "linux/amd64", labels: dict[str, str] | None = None) -> tuple[str, str]:
-        facts: dict[str, Any] = {"hostname": name, "platform": platform, "engine_platform": platform}
+    def register(self, name: str, platform: str = "linux/amd64", labels: dict[str, str] | None = None,
+                 **more_facts: Any) -> tuple[str, str]:
+        facts: dict[str, Any] = {"hostname": name, "platform": platform, "engine_platform": platform, **more_facts}
         r = self.client.post("/api/v1/agent/register", json={"facts": facts, "labels": labels or {}},
                              headers={"Authorization": f"Bearer {self.join}"})
         assert r.status_code == 201, r.text
@@ -47,7 +49,7 @@ class Harness:
 @contextmanager
 def harness(tmp: Path, *extra: str) -> Iterator[Harness]:
     args: argparse.Namespace = build_parser().parse_args(["--data-dir", str(tmp), "--listen", "127.0.0.1:1", *extra])
-    state, _pki = bootstrap(args)
+    state, _pki = bootstrap(args, images=FakeImages())
     app = create_app(state, reconcile_every=3600)
     with TestClient(app) as client:
         admin = (tmp / "admin.token").read_text().strip()

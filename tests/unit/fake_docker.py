@@ -29,7 +29,7 @@ class FakeDocker:
         self._check()
         return ref in self.images
 
-    def pull(self, ref: str) -> None:
+    def pull(self, ref: str, auth: dict[str, str] | None = None) -> None:
         self._check()
         self.calls.append(("pull", ref))
         if ref not in self.pullable:

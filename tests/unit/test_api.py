@@ -103,7 +103,8 @@ def test_removed_host_credential_is_revoked(h: Harness) -> None:
 @pytest.mark.parametrize("body, fragment", [
     ({"name": "Bad_Name", "image": "busybox"}, "invalid service name"),
     ({"name": "web", "image": "busybox", "replicas": -1}, "greater than or equal to 0"),
-    ({"name": "web", "image": "Not An Image"}, "invalid image reference"),
+    ({"name": "web", "image": "Not An Image"}, "invalid reference"),
+    ({"name": "web", "image": "Busybox"}, "invalid reference"),
     ({"name": "web", "image": "busybox", "constraints": ["node.labels.zone~edge"]}, "invalid constraint"),
     ({"name": "web", "image": "busybox", "constraints": ["node.color==red"]}, "unknown key"),
     ({"name": "web", "image": "busybox", "env": {"1BAD": "x"}}, "invalid environment variable"),
@@ -170,7 +171,8 @@ def test_constraint_matching_no_host_stays_pending_with_reason(h: Harness) -> No
     assert r.status_code == 201
     body = r.json()
     assert body["instances"] == []
-    assert body["pending_reason"] == "0 of 2 hosts can run it: 2 hosts do not match constraint node.labels.zone==edge"
+    assert body["pending_reason"] == ("0 of 2 hosts can run it: image offers linux/amd64, linux/arm64, linux/arm/v7; "
+                                      "2 hosts do not match constraint node.labels.zone==edge")
     # a matching label makes it placeable
     hid = h.state.store.list_hosts()[1].id
     h.client.put(f"/api/v1/hosts/{hid}/labels/zone", json={"value": "edge"}, headers=h.as_admin())

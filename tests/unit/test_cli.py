@@ -52,6 +52,12 @@ JOIN = f"CORRAL-J1-{FP}-{'ab' * 16}"
 URL = "https://corral.test:7443"
 
 
+AGENT_IMAGE = "127.0.0.1:5000/corral/agent:0.1.0"
+IMAGE_REF = "127.0.0.1:5000/hello:1"
+INDEX_DIGEST = "sha256:" + "0123456789abcdef" * 4
+PASSWORD = "s3cr3t-Pa55w0rd!"
+
+
 def iso(seconds_ago: float) -> str:
     when = datetime.now(UTC) - timedelta(seconds=seconds_ago)
     return when.isoformat().replace("+00:00", "Z")
@@ -108,6 +114,33 @@ def make_instance(service: str, slot: int, **extra: Any) -> dict[str, Any]:
     return inst
 
 
+def make_image(**extra: Any) -> dict[str, Any]:
+    def build(platform: str, digit: str, size: int) -> dict[str, Any]:
+        return {
+            "platform": platform,
+            "digest": "sha256:" + digit * 64,
+            "size": size,
+            "media_type": "application/vnd.oci.image.manifest.v1+json",
+            "os_version": None,
+        }
+
+    image = {
+        "reference": IMAGE_REF,
+        "registry": "127.0.0.1:5000",
+        "repository": "hello",
+        "tag": "1",
+        "digest": INDEX_DIGEST,
+        "media_type": "application/vnd.oci.image.index.v1+json",
+        "platforms": [
+            build("linux/amd64", "a", 1_153_433),
+            build("linux/arm64", "b", 1_048_576),
+            build("linux/arm/v7", "c", 912),
+        ],
+    }
+    image.update(extra)
+    return image
+
+
 class FakeServer:
     """The Corral API, in memory, as an httpx.MockTransport handler."""
 
@@ -129,6 +162,9 @@ class FakeServer:
         self.instances: list[dict[str, Any]] = []
         self.join_token = JOIN
         self.advertise: str | None = None
+        self.agent_image: str | None = AGENT_IMAGE
+        self.images: dict[str, dict[str, Any]] = {IMAGE_REF: make_image()}
+        self.registries: dict[str, dict[str, Any]] = {}
         # service name -> successive overrides served by GET /services/{name}
         self.script: dict[str, list[dict[str, Any]]] = {}
         self.log_lines = ["web.1@host-a | hello [world]", "web.2@host-b | second"]
@@ -182,6 +218,10 @@ class FakeServer:
             (r"GET /instances", self.list_instances),
             (r"GET /tokens/join", self.get_join),
             (r"POST /tokens/join/rotate", self.rotate_join),
+            (r"GET /images/inspect", self.inspect_image),
+            (r"GET /registries", self.list_registries),
+            (r"PUT /registries/([^/]+)", self.put_registry),
+            (r"DELETE /registries/([^/]+)", self.delete_registry),
         ]
 
     # -- resources ---------------------------------------------------------
@@ -233,14 +273,20 @@ class FakeServer:
                     ]
                 },
             )
+        mode = body.get("mode", "replicated")
         svc = {
             "id": f"svc-{body['name']}-0123456789",
-            "mode": "replicated",
+            "allow_emulation": False,
+            "replicas": 1,
             **body,
+            "mode": mode,
+            "image_digest": None,
+            "image_platforms": None,
             "created_at": iso(0),
             "updated_at": iso(0),
             "running": 0,
-            "desired": body["replicas"],
+            # a global service's count is worked out later (the script sets it)
+            "desired": body.get("replicas", 1) if mode == "replicated" else 0,
             "pending_reason": None,
         }
         self.services[body["name"]] = svc
@@ -300,11 +346,41 @@ class FakeServer:
         body = {"token": self.join_token}
         if self.advertise:
             body["server"] = self.advertise
+        if self.agent_image:
+            body["agent_image"] = self.agent_image
         return httpx.Response(200, json=body)
 
     def rotate_join(self, request: httpx.Request) -> httpx.Response:
         self.join_token = f"CORRAL-J1-{FP}-{'cd' * 16}"
         return self.get_join(request)
+
+    def inspect_image(self, request: httpx.Request) -> httpx.Response:
+        ref = request.url.params.get("ref", "")
+        if ref in self.images:
+            return httpx.Response(200, json=self.images[ref])
+        if ref.startswith("UPPER"):
+            return err(422, f"invalid image reference {ref!r}: repository must be lowercase")
+        if ref.startswith("10.9.9.9"):
+            return err(
+                502, f"image {ref!r}: registry 10.9.9.9:5000 unreachable: connection refused"
+            )
+        return err(404, f"image {ref!r}: manifest unknown")
+
+    def list_registries(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=list(self.registries.values()))
+
+    def put_registry(self, request: httpx.Request, registry: str) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["username"] == "echo":  # an error that quotes the request, password included
+            return err(422, [{"loc": ["body"], "input": body}])
+        entry = {"registry": registry, "username": body["username"], "created_at": iso(5)}
+        self.registries[registry] = {**entry, "password": body["password"]}
+        return httpx.Response(200, json=entry)
+
+    def delete_registry(self, request: httpx.Request, registry: str) -> httpx.Response:
+        if self.registries.pop(registry, None) is None:
+            return err(404, f"no credentials for registry {registry}")
+        return httpx.Response(204)
 
     # -- helpers for assertions -------------------------------------------
 
@@ -392,6 +468,8 @@ def test_help_lists_every_command() -> None:
         "logs",
         "host",
         "service",
+        "image",
+        "registry",
         "token",
         "version",
         "server",
@@ -400,6 +478,9 @@ def test_help_lists_every_command() -> None:
         assert name in result.stdout
     assert "ls" in ok("host", "--help").stdout
     assert "add" in ok("host", "label", "--help").stdout
+    assert "inspect" in ok("image", "--help").stdout
+    registry_help = ok("registry", "--help").stdout
+    assert all(word in registry_help for word in ("login", "ls", "logout"))
 
 
 def test_no_arguments_shows_help() -> None:
@@ -682,7 +763,9 @@ def test_run_detached_sends_the_full_spec(api: FakeServer) -> None:
     assert json.loads(api.last("POST", "/services").content) == {
         "name": "web",
         "image": "nginx:1.25",
+        "mode": "replicated",
         "replicas": 3,
+        "allow_emulation": False,
         "env": {"A": "1", "B": "x=y"},
         "command": ["nginx", "-g", "daemon off;"],
         "ports": [
@@ -705,6 +788,7 @@ def test_run_defaults_and_derived_name(api: FakeServer) -> None:
         and body["command"] is None
     )
     assert body["restart"] == {"condition": "any", "max_attempts": 0, "delay": 1.0}
+    assert (body["mode"], body["allow_emulation"]) == ("replicated", False)
 
 
 def test_run_command_after_the_image_needs_no_dashes(api: FakeServer) -> None:
@@ -821,6 +905,63 @@ def test_run_json_pending_reason_goes_to_stderr(api: FakeServer) -> None:
     assert "pending: no host" in result.stderr
 
 
+def test_run_global_sends_the_mode_and_no_replicas(api: FakeServer) -> None:
+    ok("run", "-d", "--mode", "global", "--allow-emulation", "-n", "exporter", "busybox")
+    body = json.loads(api.last("POST", "/services").content)
+    assert body["mode"] == "global" and body["allow_emulation"] is True
+    assert "replicas" not in body  # the server counts the hosts that can run it
+
+
+def test_run_allow_emulation_with_replicas(api: FakeServer) -> None:
+    ok("run", "-d", "--allow-emulation", "-r", "2", "busybox")
+    body = json.loads(api.last("POST", "/services").content)
+    assert (body["mode"], body["replicas"], body["allow_emulation"]) == ("replicated", 2, True)
+
+
+@pytest.mark.parametrize("replicas", ["3", "1", "0"])
+def test_run_global_with_replicas_is_a_usage_error(api: FakeServer, replicas: str) -> None:
+    result = fails(2, "run", "--mode", "global", "-r", replicas, "busybox")
+    message = one_line(result.stderr)
+    assert "--replicas" in message
+    assert "a global service runs one instance on every host that can run it" in message
+    assert "drop --replicas or use --mode replicated" in message
+    assert api.requests == []
+
+
+def test_run_rejects_an_unknown_mode(api: FakeServer) -> None:
+    result = fails(2, "run", "--mode", "everywhere", "busybox")
+    assert "everywhere" in one_line(result.stderr)
+    assert api.requests == []
+
+
+def test_run_global_waits_until_the_hosts_are_counted(api: FakeServer) -> None:
+    # desired 0 right after creation means "not counted yet", not "converged"
+    api.script["exporter"] = [
+        {"desired": 0, "running": 0},
+        {"desired": 3, "running": 1},
+        {"desired": 3, "running": 3},
+    ]
+    result = ok("run", "--mode", "global", "-n", "exporter", "busybox")
+    assert result.stdout.strip() == "✔ exporter: 3/3 running"
+    gets = [r for r in api.requests if r.method == "GET" and r.url.path.endswith("/exporter")]
+    assert len(gets) == 3
+
+
+def test_run_global_stops_at_a_pending_reason(api: FakeServer) -> None:
+    reason = (
+        "0 of 3 hosts can run it: image offers linux/amd64, linux/arm64; 1 host is "
+        "linux/arm/v7 (no build), 2 hosts do not match constraint node.labels.zone==edge"
+    )
+    api.script["exporter"] = [{"desired": 0}, {"desired": 0, "pending_reason": reason}]
+    result = ok("run", "--mode", "global", "-n", "exporter", "busybox")
+    assert f"exporter: 0/0 running; pending: {reason}" in one_line(result.stdout)
+
+
+def test_run_global_times_out_while_no_host_is_counted(api: FakeServer) -> None:
+    result = fails(1, "run", "--mode", "global", "-n", "exporter", "--timeout", "0.05", "busybox")
+    assert "timed out: exporter: 0/0 running" in one_line(result.stderr)
+
+
 # -- services ----------------------------------------------------------------------
 
 
@@ -853,12 +994,16 @@ def test_service_ls(api: FakeServer) -> None:
         api, "edge", running=0, desired=2, replicas=2, pending_reason="no arm/v6 host", ports=[]
     )
     add_service(api, "db", running=1, desired=2, replicas=2)
+    add_service(api, "agentd", mode="global", running=4, desired=4, replicas=1, ports=[])
     lines = ok("service", "ls").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "IMAGE", "REPLICAS", "PORTS", "STATUS"]
-    assert lines[1].split() == ["web", "nginx:1.25", "3/3", "8080->80/tcp", "converged"]
+    assert lines[0].split() == ["NAME", "IMAGE", "MODE", "REPLICAS", "PORTS", "STATUS"]
+    assert lines[1].split() == [
+        "web", "nginx:1.25", "replicated", "3/3", "8080->80/tcp", "converged"
+    ]  # fmt: skip
     assert lines[2].split() == [
         "edge",
         "nginx:1.25",
+        "replicated",
         "0/2",
         "-",
         "pending:",
@@ -867,6 +1012,33 @@ def test_service_ls(api: FakeServer) -> None:
         "host",
     ]
     assert lines[3].split()[-1] == "converging"
+    assert lines[4].split() == ["agentd", "nginx:1.25", "global", "4/4", "-", "converged"]
+
+
+LONG_REASON = (
+    "0 of 3 hosts can run it: image offers linux/amd64, linux/arm64; 1 host is linux/arm/v7 "
+    "(no build), 2 hosts do not match constraint node.labels.zone==edge"
+)
+
+
+def test_service_ls_cuts_a_long_pending_reason_unless_no_trunc(api: FakeServer) -> None:
+    add_service(api, "edge", mode="global", running=0, desired=0, pending_reason=LONG_REASON)
+    line = ok("service", "ls").stdout.splitlines()[1]
+    assert "pending: 0 of 3 hosts can run it" in line and line.endswith("…")
+    assert LONG_REASON not in line
+    assert LONG_REASON in one_line(ok("service", "ls", "--no-trunc").stdout)
+
+
+def test_service_ls_keeps_its_columns_on_a_narrow_terminal(
+    api: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    add_service(api, "edge", mode="global", running=0, desired=0, pending_reason=LONG_REASON)
+    out = ok("service", "ls", "--no-trunc").stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    first = out.splitlines()[1].split()
+    assert first[:5] == ["edge", "nginx:1.25", "global", "0/0", "8080->80/tcp"]
+    assert LONG_REASON.replace(" ", "") in out.replace(" ", "").replace("\n", "")
 
 
 def test_service_ls_json(api: FakeServer) -> None:
@@ -884,6 +1056,48 @@ def test_service_inspect(api: FakeServer) -> None:
     body = json.loads(ok("service", "inspect", "web", "-o", "json").stdout)
     assert [i["name"] for i in body["instances"]] == ["web.1", "web.2"]
     assert fails(1, "service", "inspect", "nope").stderr.strip() == "error: service nope not found"
+
+
+def test_service_inspect_shows_mode_emulation_digest_and_platforms(api: FakeServer) -> None:
+    add_service(
+        api, "agentd", mode="global", allow_emulation=True, image_digest=INDEX_DIGEST,
+        image_platforms=["linux/amd64", "linux/arm64", "linux/arm/v7"],
+    )  # fmt: skip
+    out = ok("service", "inspect", "agentd").stdout
+    assert re.search(r"Mode\s+global", out)
+    assert re.search(r"Emulation\s+allowed", out)
+    assert INDEX_DIGEST in out  # the pin is shown whole
+    assert "linux/amd64, linux/arm64, linux/arm/v7" in out
+    assert "one on every host that can run it" in out
+    add_service(api, "web", image_digest=None, image_platforms=None, allow_emulation=False)
+    out = ok("service", "inspect", "web").stdout
+    assert re.search(r"Digest\s+unresolved", out)
+    assert re.search(r"Emulation\s+not allowed", out)
+    assert re.search(r"Mode\s+replicated", out)
+
+
+def test_service_inspect_wraps_the_whole_pending_reason(
+    api: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    reason = (
+        "image '127.0.0.1:5000/x:1': repository 127.0.0.1:5000/x not found (retrying); "
+        + LONG_REASON
+    )
+    add_service(api, "web", running=0, pending_reason=reason)
+    out = ok("service", "inspect", "web").stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    assert f"pending: {reason}" in one_line(out)  # every word, in order
+
+
+def test_service_inspect_pending_is_yellow(
+    api: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    add_service(api, "web", running=0, pending_reason="no host")
+    assert "\x1b[33mpending: no host" in ok("service", "inspect", "web").stdout
 
 
 @pytest.mark.parametrize(
@@ -955,6 +1169,27 @@ def test_ps_table(api: FakeServer) -> None:
     assert api.last("GET", "/instances").url.params.get("service") is None
 
 
+def test_ps_marks_emulated_instances_in_yellow(
+    api: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    api.instances = [
+        make_instance(
+            "web",
+            1,
+            emulated=True,
+            platform="linux/arm/v7",
+            host_platform="linux/amd64",
+            image=f"127.0.0.1:5000/hello@{INDEX_DIGEST}",
+        ),
+        make_instance("web", 2, host_platform="linux/arm64"),
+    ]
+    lines = ok("ps").stdout.splitlines()
+    assert re.search(r"linux/arm/v7.*\x1b\[1;33m EMULATED", lines[1])
+    assert "EMULATED" not in lines[2] and "linux/arm64" in lines[2]
+
+
 def test_ps_no_trunc_and_filter(api: FakeServer) -> None:
     add_service(api, "web")
     api.instances = [make_instance("web", 1, state="failed", error=LONG_ERROR)]
@@ -1008,14 +1243,268 @@ def test_logs_negative_tail_is_a_usage_error(api: FakeServer) -> None:
     fails(2, "logs", "web", "--tail", "-1")
 
 
+# -- images ------------------------------------------------------------------------------
+
+
+def test_image_inspect_table(api: FakeServer) -> None:
+    lines = ok("image", "inspect", IMAGE_REF).stdout.splitlines()
+    assert lines[0].split() == [IMAGE_REF, "sha256:0123456789ab"]
+    assert lines[1].split() == ["PLATFORM", "DIGEST", "SIZE"]  # no OS VERSION: none has one
+    assert lines[2].split() == ["linux/amd64", "sha256:aaaaaaaaaaaa", "1.1", "MiB"]
+    assert lines[3].split() == ["linux/arm64", "sha256:bbbbbbbbbbbb", "1.0", "MiB"]
+    assert lines[4].split() == ["linux/arm/v7", "sha256:cccccccccccc", "912", "B"]
+    assert len(lines) == 5
+    assert api.last("GET", "/images/inspect").url.params["ref"] == IMAGE_REF
+
+
+def test_image_inspect_no_trunc_and_os_version(api: FakeServer) -> None:
+    windows = {
+        "platform": "windows/amd64", "digest": "sha256:" + "d" * 64, "size": 2048,
+        "media_type": "application/vnd.oci.image.manifest.v1+json", "os_version": "10.0.17763.5329",
+    }  # fmt: skip
+    api.images[IMAGE_REF]["platforms"].append(windows)
+    lines = ok("image", "inspect", "--no-trunc", IMAGE_REF).stdout.splitlines()
+    assert lines[0].split() == [IMAGE_REF, INDEX_DIGEST]
+    assert lines[1].split() == ["PLATFORM", "DIGEST", "SIZE", "OS", "VERSION"]
+    assert lines[2].split() == ["linux/amd64", "sha256:" + "a" * 64, "1.1", "MiB", "-"]
+    assert lines[5].split() == [
+        "windows/amd64",
+        "sha256:" + "d" * 64,
+        "2.0",
+        "KiB",
+        "10.0.17763.5329",
+    ]
+
+
+def test_image_inspect_no_trunc_on_a_narrow_terminal_keeps_the_platforms(
+    api: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    out = ok("image", "inspect", "--no-trunc", IMAGE_REF).stdout
+    for platform in ("linux/amd64", "linux/arm64", "linux/arm/v7"):
+        assert platform in out
+    # the full digests fold over two lines rather than squeezing the other columns
+    assert max(len(line) for line in out.splitlines()) <= 60
+    for digit in "abc":
+        assert sum(len(run) for run in re.findall(f"{digit}{{8,}}", out)) == 64
+
+
+def test_image_inspect_json_is_the_api_object(api: FakeServer) -> None:
+    result = ok("image", "inspect", IMAGE_REF, "-o", "json")
+    assert json.loads(result.stdout) == api.images[IMAGE_REF]
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("ref", "detail"),
+    [
+        ("127.0.0.1:5000/nope:1", "image '127.0.0.1:5000/nope:1': manifest unknown"),
+        ("UPPER/x", "invalid image reference 'UPPER/x': repository must be lowercase"),
+        (
+            "10.9.9.9:5000/x:1",
+            "image '10.9.9.9:5000/x:1': registry 10.9.9.9:5000 unreachable: connection refused",
+        ),
+    ],
+    ids=["404", "422", "502"],
+)
+def test_image_inspect_errors_show_the_detail(api: FakeServer, ref: str, detail: str) -> None:
+    result = fails(1, "image", "inspect", ref)
+    assert result.stderr.strip() == f"error: {detail}"
+    assert result.stdout == ""
+    result = fails(1, "image", "inspect", ref, "-o", "json")
+    assert result.stderr.strip() == f"error: {detail}" and result.stdout == ""
+
+
+def test_image_inspect_other_errors_keep_their_explanation(api: FakeServer) -> None:
+    result = fails(1, "image", "inspect", IMAGE_REF, env={"CORRAL_TOKEN": JOIN})
+    assert "forbidden: a join token can only register a host" in result.stderr
+
+
+def test_image_inspect_needs_a_reference(api: FakeServer) -> None:
+    fails(2, "image", "inspect")
+    assert "image reference is required" in one_line(fails(2, "image", "inspect", " ").stderr)
+    assert api.requests == []
+
+
+# -- registry credentials --------------------------------------------------------------
+
+
+def password_leaks(api: FakeServer, result: Any) -> list[str]:
+    """Where the password shows up, other than the body of the PUT that stores it."""
+    found = []
+    if PASSWORD in result.output:
+        found.append("output")
+    for request in api.requests:
+        where = f"{request.method} {request.url}"
+        if PASSWORD in str(request.url) or PASSWORD in str(request.headers):
+            found.append(where)
+        body = request.content.decode(errors="replace")
+        if PASSWORD in body and not (
+            request.method == "PUT" and request.url.path.startswith("/api/v1/registries/")
+        ):
+            found.append(f"{where} body")
+    return found
+
+
+def test_registry_login_with_password_stdin(api: FakeServer) -> None:
+    result = ok(
+        "registry", "login", "127.0.0.1:5001", "-u", "bob", "--password-stdin",
+        input=PASSWORD + "\n",
+    )  # fmt: skip
+    assert result.stdout.strip() == "✔ credentials for 127.0.0.1:5001 stored (user bob)"
+    put = api.last("PUT", "/registries/")
+    assert put.url.raw_path == b"/api/v1/registries/127.0.0.1%3A5001"  # URL-encoded
+    assert json.loads(put.content) == {"username": "bob", "password": PASSWORD}  # no newline
+    assert put.headers["authorization"] == f"Bearer {ADMIN}"
+    assert password_leaks(api, result) == []
+
+
+def test_registry_login_password_stdin_keeps_inner_whitespace(api: FakeServer) -> None:
+    ok("registry", "login", "docker.io", "--username", "bob", "--password-stdin",
+       input=" pass word \r\n")  # fmt: skip
+    assert json.loads(api.last("PUT", "/registries/").content)["password"] == " pass word "
+
+
+def test_registry_login_prompts_without_echo(api: FakeServer) -> None:
+    result = ok("registry", "login", "127.0.0.1:5001", input=f"bob\n{PASSWORD}\n")
+    assert "Username:" in result.stdout and "Password:" in result.stdout
+    assert json.loads(api.last("PUT", "/registries/").content) == {
+        "username": "bob",
+        "password": PASSWORD,
+    }
+    assert "✔ credentials for 127.0.0.1:5001 stored (user bob)" in result.stdout
+    assert password_leaks(api, result) == []
+
+
+def test_registry_login_prompts_only_for_the_password_with_a_username(api: FakeServer) -> None:
+    result = ok("registry", "login", "docker.io", "-u", "alice", input=PASSWORD + "\n")
+    assert "Username:" not in result.stdout and "Password:" in result.stdout
+    assert json.loads(api.last("PUT", "/registries/").content)["username"] == "alice"
+    assert password_leaks(api, result) == []
+
+
+def test_registry_login_normalizes_a_url(api: FakeServer) -> None:
+    out = ok("registry", "login", "https://127.0.0.1:5001/", "-u", "bob", "--password-stdin",
+             input=PASSWORD).stdout  # fmt: skip
+    assert "credentials for 127.0.0.1:5001 stored" in out
+    assert api.last("PUT", "/registries/").url.path == "/api/v1/registries/127.0.0.1:5001"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["127.0.0.1:5001/team"], "expected a registry as HOST[:PORT]"),
+        (["reg istry"], "expected a registry as HOST[:PORT]"),
+        (["127.0.0.1:5001", "--password-stdin"], "--password-stdin needs --username"),
+    ],
+)
+def test_registry_login_usage_errors(api: FakeServer, args: list[str], message: str) -> None:
+    result = fails(2, "registry", "login", *args, input=PASSWORD)
+    assert message in one_line(result.stderr)
+    assert api.requests == [] and PASSWORD not in result.output
+
+
+def test_registry_login_needs_a_password(api: FakeServer) -> None:
+    result = fails(1, "registry", "login", "docker.io", "-u", "bob", "--password-stdin", input="")
+    assert result.stderr.strip() == "error: a password is required"
+    assert not any(r.method == "PUT" for r in api.requests)
+
+
+def test_registry_login_not_logged_in_asks_for_nothing(fake: FakeServer) -> None:
+    result = fails(1, "registry", "login", "docker.io", input=f"bob\n{PASSWORD}\n")
+    assert result.stderr.strip() == f"error: {config.NOT_LOGGED_IN}"
+    assert "Password" not in result.output and fake.requests == []
+
+
+def test_registry_login_errors_never_show_the_password(api: FakeServer) -> None:
+    # the fake echoes the request body in its error, as a careless server might
+    result = fails(1, "registry", "login", "docker.io", "-u", "echo", "--password-stdin",
+                   input=PASSWORD)  # fmt: skip
+    assert "invalid request" in result.stderr and "••••••••" in result.stderr
+    assert password_leaks(api, result) == []
+
+
+def test_registry_login_rejected_token(api: FakeServer) -> None:
+    other = f"CORRAL-A1-{FP}-{'f' * 32}"
+    result = fails(1, "registry", "login", "docker.io", "-u", "bob", "--password-stdin",
+                   input=PASSWORD, env={"CORRAL_TOKEN": other})  # fmt: skip
+    assert "unauthorized" in result.stderr
+    assert PASSWORD not in result.output
+
+
+def test_registry_ls_and_json(api: FakeServer) -> None:
+    ok("registry", "login", "127.0.0.1:5001", "-u", "bob", "--password-stdin", input=PASSWORD)
+    ok("registry", "login", "docker.io", "-u", "alice", "--password-stdin", input=PASSWORD)
+    result = ok("registry", "ls")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["REGISTRY", "USERNAME", "ADDED"]
+    assert lines[1].split()[:2] == ["127.0.0.1:5001", "bob"] and "ago" in lines[1]
+    assert lines[2].split()[:2] == ["docker.io", "alice"]
+    body = json.loads(ok("registry", "ls", "-o", "json").stdout)
+    assert [(r["registry"], r["username"]) for r in body] == [
+        ("127.0.0.1:5001", "bob"),
+        ("docker.io", "alice"),
+    ]
+    assert password_leaks(api, result) == []
+
+
+def test_registry_logout(api: FakeServer) -> None:
+    ok("registry", "login", "127.0.0.1:5001", "-u", "bob", "--password-stdin", input=PASSWORD)
+    result = ok("registry", "logout", "127.0.0.1:5001")
+    assert result.stdout.strip() == "✔ credentials for 127.0.0.1:5001 removed"
+    assert api.last("DELETE", "/registries/").url.raw_path == b"/api/v1/registries/127.0.0.1%3A5001"
+    assert api.registries == {}
+    result = fails(1, "registry", "logout", "127.0.0.1:5001")
+    assert result.stderr.strip() == "error: no credentials for registry 127.0.0.1:5001"
+    assert "expected a registry" in one_line(fails(2, "registry", "logout", "a/b").stderr)
+
+
 # -- tokens and version ----------------------------------------------------------------
 
 
+AGENT_ARGS = f"--server {URL} --token {JOIN}"
+DOCKER_RUN = (
+    "docker run -d --name corral-agent --restart always --network host --uts host "
+    "-v /var/run/docker.sock:/var/run/docker.sock -v /var/lib/corral-agent:/var/lib/corral-agent "
+    f"{AGENT_IMAGE} {AGENT_ARGS}"
+)
+
+
 def test_token_join(api: FakeServer) -> None:
-    lines = ok("token", "join").stdout.splitlines()
+    out = ok("token", "join").stdout
+    lines = out.splitlines()
     assert lines[0] == JOIN
-    assert lines[-1].strip() == f"corral agent --server {URL} --token {JOIN}"
-    assert SECRET not in "".join(lines)  # the admin token is never shown
+    assert "Add a host:" in out
+    docker = next(i for i, line in enumerate(lines) if "as a container:" in line)
+    assert lines[docker].strip() == (
+        "as a container:  docker run -d --name corral-agent --restart always --network host "
+        "--uts host \\"
+    )
+    assert lines[docker + 1].strip() == (
+        "-v /var/run/docker.sock:/var/run/docker.sock "
+        "-v /var/lib/corral-agent:/var/lib/corral-agent \\"
+    )
+    assert lines[docker + 2].strip() == f"{AGENT_IMAGE} {AGENT_ARGS}"
+    # the continuation lines line up under "docker run"
+    column = lines[docker].index("docker run")
+    assert lines[docker + 1].index("-v") == lines[docker + 2].index(AGENT_IMAGE) == column + 2
+    # pasted into a shell, the three lines are the one command
+    joined = " ".join(line.strip() for line in lines[docker : docker + 3])
+    assert joined.replace(" \\ ", " ") == "as a container:  " + DOCKER_RUN
+    assert lines[-1].strip() == f"with pip:        pip install corral && corral agent {AGENT_ARGS}"
+    assert SECRET not in out  # the admin token is never shown
+
+
+def test_token_join_from_a_server_without_an_agent_image(api: FakeServer) -> None:
+    api.agent_image = None
+    out = ok("token", "join").stdout
+    assert "docker run" not in out and "as a container" not in out
+    assert f"pip install corral && corral agent {AGENT_ARGS}" in out
+    body = json.loads(ok("token", "join", "-o", "json").stdout)
+    assert body["commands"] == {
+        "docker": None,
+        "pip": f"pip install corral && corral agent {AGENT_ARGS}",
+    }
 
 
 def test_token_join_uses_the_advertised_url(api: FakeServer) -> None:
@@ -1027,9 +1516,26 @@ def test_token_join_rotate_and_json(api: FakeServer) -> None:
     result = ok("token", "join", "--rotate", "-o", "json")
     body = json.loads(result.stdout)
     assert body["token"] == api.join_token != JOIN
-    assert body["command"] == f"corral agent --server {URL} --token {api.join_token}"
+    assert body == {
+        "token": api.join_token,
+        "agent_image": AGENT_IMAGE,
+        "commands": {
+            "docker": DOCKER_RUN.replace(JOIN, api.join_token),
+            "pip": f"pip install corral && corral agent {AGENT_ARGS.replace(JOIN, api.join_token)}",
+        },
+    }
     assert api.last("POST", "/rotate")
     assert "rotated" in ok("token", "join", "--rotate").stdout
+
+
+def test_token_join_json_keeps_the_api_object(api: FakeServer) -> None:
+    api.advertise = "https://203.0.113.7:7443"
+    body = json.loads(ok("token", "join", "-o", "json").stdout)
+    assert {k: body[k] for k in ("token", "server", "agent_image")} == {
+        "token": JOIN, "server": "https://203.0.113.7:7443", "agent_image": AGENT_IMAGE,
+    }  # fmt: skip
+    assert "--server https://203.0.113.7:7443 " in body["commands"]["docker"]
+    assert body["commands"]["pip"].endswith(f"--server https://203.0.113.7:7443 --token {JOIN}")
 
 
 def test_version(api: FakeServer) -> None:
@@ -1086,8 +1592,13 @@ def test_timeout_is_reported(api: FakeServer, monkeypatch: pytest.MonkeyPatch) -
 def test_secrets_never_appear_in_output(api: FakeServer) -> None:
     add_service(api, "web")
     api.instances = [make_instance("web", 1)]
+    api.registries["127.0.0.1:5001"] = {
+        "registry": "127.0.0.1:5001", "username": "bob", "created_at": iso(5),
+    }  # fmt: skip
     for args in (["host", "ls"], ["service", "ls"], ["ps"], ["service", "inspect", "web"], ["version"],
-                 ["host", "inspect", "host-a", "-o", "json"], ["token", "join"]):  # fmt: skip
+                 ["host", "inspect", "host-a", "-o", "json"], ["token", "join"],
+                 ["token", "join", "-o", "json"], ["registry", "ls"],
+                 ["image", "inspect", IMAGE_REF]):  # fmt: skip
         result = corral(*args)
         assert SECRET not in result.output, args
 
@@ -1170,6 +1681,11 @@ def test_parsing_helpers() -> None:
 
 def test_render_service_status() -> None:
     assert render.service_status({"running": 1, "desired": 1}) == ("converged", "green")
+    assert render.service_status({"running": 0, "desired": 0}) == ("converged", "green")
+    # a global service with no host counted yet has not converged
+    glob = {"mode": "global", "running": 0, "desired": 0}
+    assert render.service_status(glob) == ("converging", "")
+    assert render.service_status({**glob, "running": 2, "desired": 2}) == ("converged", "green")
     assert render.service_status({"running": 0, "desired": 1, "pending_reason": "x"}) == (
         "pending: x",
         "yellow",
@@ -1186,6 +1702,10 @@ def test_render_tolerates_missing_fields() -> None:
     console.print(render.services_table([{}]))
     console.print(render.host_panel({}))
     console.print(render.service_panel({"instances": [{}]}))
+    console.print(render.service_panel({"mode": "global", "image_digest": None}))
+    console.print(render.image_header({}), render.image_platforms_table({"platforms": [{}]}))
+    console.print(render.image_platforms_table({}, no_trunc=True))
+    console.print(render.registries_table([{}]))
 
 
 def test_wait_for_service_order_of_checks() -> None:
@@ -1210,6 +1730,24 @@ def test_wait_for_service_order_of_checks() -> None:
         sleep=lambda s: None,  # type: ignore[arg-type]
     )
     assert outcome.kind == "timeout"
+
+
+def test_wait_for_a_global_service() -> None:
+    class Stub:
+        def __init__(self, states: list[dict[str, Any]]) -> None:
+            self.states = states
+
+        def get_service(self, name: str) -> dict[str, Any]:
+            return self.states.pop(0)
+
+    states = [{"name": "g", "mode": "global", "running": 0, "desired": 0},
+              {"name": "g", "mode": "global", "running": 1, "desired": 2},
+              {"name": "g", "mode": "global", "running": 2, "desired": 2}]  # fmt: skip
+    outcome = waiting.wait_for_service(Stub(states), "g", sleep=lambda s: None)  # type: ignore[arg-type]
+    assert (outcome.kind, outcome.message) == ("converged", "g: 2/2 running")
+    pending = [{"name": "g", "mode": "global", "running": 0, "desired": 0, "pending_reason": "p"}]
+    outcome = waiting.wait_for_service(Stub(pending), "g", sleep=lambda s: None)  # type: ignore[arg-type]
+    assert outcome.kind == "pending"
 
 
 def test_client_requires_a_pinned_ca_for_https() -> None:

@@ -58,7 +58,7 @@ def test_the_example_explanation() -> None:
     req = ServiceRequest(constraints=(cons.parse("node.labels.zone==edge"),),
                          image_platforms=image("linux/arm64", "linux/amd64"))
     _, reason = feasible(req, fleet)
-    assert reason == ("0 of 3 hosts can run it: image offers linux/amd64, linux/arm64; 2 hosts do not match "
+    assert reason == ("0 of 3 hosts can run it: image offers linux/arm64, linux/amd64; 2 hosts do not match "
                       "constraint node.labels.zone==edge, 1 host is linux/arm/v7 (no build)")
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from corral.scheduler import constraints as cons
-from corral.scheduler.spread import HostView, place_spread
+from corral.scheduler.placement import HostView, PlacementResult, ServiceRequest, place_replicated
+
+
+def place_spread(slots: list[int], hosts: list[HostView], constraints: list[cons.Constraint],
+                 service_counts: dict[str, int], total_counts: dict[str, int]) -> PlacementResult:
+    req = ServiceRequest(constraints=tuple(constraints))
+    return place_replicated(slots, req, hosts, service_counts, total_counts)
 
 
 def host(hid: str, platform: str = "linux/amd64", state: str = "ready", **labels: str) -> HostView:

@@ -32,6 +32,7 @@ This module speaks the few Engine API calls the agent needs over
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -277,6 +278,11 @@ def _demux_lines(resp: http.client.HTTPResponse) -> Iterator[tuple[str, bytes]]:
         yield name, rest
 
 
+def _registry_auth_header(auth: dict[str, str]) -> str:
+    raw = json.dumps(auth, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
 def _raw_lines(resp: http.client.HTTPResponse) -> Iterator[tuple[str, bytes]]:
     # A TTY container has one merged stream; the engine sends it unframed.
     while True:
@@ -374,9 +380,10 @@ class DockerClient:
         url: str,
         body: Any = None,
         timeout: float | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> http.client.HTTPConnection:
         """Connect and send a request; the caller reads the response."""
-        headers = {}
+        headers = dict(extra_headers or {})
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -451,8 +458,11 @@ class DockerClient:
         status, _ = self._call("GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(404,))
         return status == 200
 
-    def pull(self, ref: str, timeout: float = 600) -> None:
+    def pull(self, ref: str, timeout: float = 600, auth: dict[str, str] | None = None) -> None:
         """Pull an image and read the progress stream to its end.
+
+        ``auth`` ({"username", "password", "serveraddress"}) goes to the engine as
+        X-Registry-Auth, for registries that need credentials.
 
         Raises :class:`PullError` when the engine or the registry reports a
         failure (its own text as ``message``) or when the whole pull takes
@@ -461,8 +471,10 @@ class DockerClient:
         """
         repo, tag = split_reference(ref)
         deadline = time.monotonic() + timeout
+        headers = {"X-Registry-Auth": _registry_auth_header(auth)} if auth else None
         conn = self._send(
-            "POST", self._url("/images/create", {"fromImage": repo, "tag": tag}), timeout=timeout
+            "POST", self._url("/images/create", {"fromImage": repo, "tag": tag}), timeout=timeout,
+            extra_headers=headers,
         )
         sock = conn.sock
         try:
