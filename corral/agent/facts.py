@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,6 +275,31 @@ def agent_platform(machine: str | None = None, pointer_bits: int | None = None) 
     return str(from_uname(machine))
 
 
+PER_LINUX32 = 0x0008
+PERSONALITY_QUERY = 0xFFFFFFFF
+
+
+def probe_arm32(platform: str, personality: Callable[[int], int] | None = None) -> bool:
+    """Can this arm64 host run 32-bit ARM (arm/v7, arm/v6) code natively?
+
+    Many ARMv8 server chips have no AArch32 at EL0.  On arm64, Linux's
+    personality(2) refuses PER_LINUX32 exactly when no CPU can run 32-bit
+    processes, so asking it (and restoring the old persona) is the probe.
+    """
+    if not platform.startswith("linux/arm64"):
+        return False
+    if personality is None:
+        import ctypes  # only on arm64 hosts: keeps the agent small elsewhere
+
+        personality = ctypes.CDLL(None, use_errno=True).personality
+    old = personality(PERSONALITY_QUERY)
+    if old == -1:
+        return False
+    ok = personality(PER_LINUX32) != -1
+    personality(old)
+    return ok
+
+
 def _cgroup_dirs(root: str, controller: str) -> list[str]:
     """The cgroup directories (leaf first, up to the mount point) limiting this process."""
     mounts = parse_cgroup_mounts(_read(root, "/proc/self/mountinfo") or "")
@@ -444,12 +470,14 @@ def collect_facts(
     affinity: int | None = None,
     kernel: str | None = None,
     gpus: list[dict[str, Any]] | None = None,
+    arm32: bool | None = None,
 ) -> dict[str, Any]:
     """Everything the server needs to know about this host, as a JSON-able dict.
 
     The keyword-only arguments exist for tests: a fake filesystem ``root``, a
-    ``machine`` (``uname -m``), an ``affinity`` CPU count, a ``kernel`` release
-    and a ``gpus`` list instead of running ``nvidia-smi``.
+    ``machine`` (``uname -m``), an ``affinity`` CPU count, a ``kernel`` release,
+    a ``gpus`` list instead of running ``nvidia-smi``, and ``arm32`` instead of
+    asking the kernel.
     """
     platform = agent_platform(machine)
     engine = probe_docker(docker)
@@ -458,6 +486,7 @@ def collect_facts(
         "hostname": hostname or socket.gethostname(),
         "platform": platform,
         "emulated_platforms": probe_emulated_platforms(platform, root),
+        "arm32": probe_arm32(platform) if arm32 is None else arm32,
         "cpus": probe_cpus(root, affinity),
         "memory_bytes": probe_memory_bytes(root),
         "gpus": probe_gpus() if gpus is None else gpus,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import corral
+from corral.agent import facts
 from corral.agent.facts import (
     BinfmtEntry,
     agent_platform,
@@ -562,10 +563,12 @@ def test_collect_facts_on_a_fake_arm64_board(tmp_path: Path) -> None:
         affinity=4,
         kernel="6.1.0-rpi7-rpi-v8",
         gpus=gpus,
+        arm32=True,
     )
     assert facts == {
         "hostname": "pi-7",
         "platform": "linux/arm64",
+        "arm32": True,
         "emulated_platforms": ["linux/amd64", "linux/arm/v6", "linux/arm/v7"],
         "cpus": 4,
         "memory_bytes": 3884328 * 1024,
@@ -619,3 +622,34 @@ def test_collect_facts_without_an_engine(tmp_path: Path) -> None:
     assert facts["emulated_platforms"] == ["linux/amd64", "linux/arm/v6"]
     assert facts["hostname"]
     json.dumps(facts)
+
+
+class FakePersonality:
+    """personality(2) of an arm64 kernel, with or without 32-bit EL0 support."""
+
+    def __init__(self, aarch32: bool) -> None:
+        self.aarch32 = aarch32
+        self.persona = 0
+        self.calls: list[int] = []
+
+    def __call__(self, value: int) -> int:
+        self.calls.append(value)
+        old = self.persona
+        if value == facts.PERSONALITY_QUERY:
+            return old
+        if value == facts.PER_LINUX32 and not self.aarch32:
+            return -1
+        self.persona = value
+        return old
+
+
+@pytest.mark.parametrize("platform, aarch32, expected", [
+    ("linux/arm64", True, True),
+    ("linux/arm64", False, False),
+    ("linux/amd64", True, False),
+    ("linux/arm/v7", True, False),
+])
+def test_probe_arm32(platform: str, aarch32: bool, expected: bool) -> None:
+    fake = FakePersonality(aarch32)
+    assert facts.probe_arm32(platform, fake) is expected
+    assert fake.persona == 0  # the old persona is restored
