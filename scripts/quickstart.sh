@@ -40,13 +40,21 @@ for _ in $(seq 1 100); do
 done
 corral host ls
 
-echo "== a multi-arch sample: $IMAGE (linux/amd64, linux/arm64, linux/arm/v7)"
+echo "== a multi-arch sample: $IMAGE"
+corral image inspect "$IMAGE"
+LOOP='while true; do echo "hello from $(uname -m)"; sleep 5; done'
 if ! corral service inspect hello -o json >/dev/null 2>&1; then
-  corral run --name hello --replicas 2 "$IMAGE" \
-    sh -c 'while true; do echo "hello from $(uname -m)"; sleep 5; done'
+  corral run --name hello --replicas 2 "$IMAGE" sh -c "$LOOP"
+fi
+# The arm64 build alone, pinned by digest: this host can only emulate it, so it must opt in.
+ARM64="${IMAGE%:*}@$(corral image inspect "$IMAGE" -o json |
+  python -c 'import json,sys; print(next(p["digest"] for p in json.load(sys.stdin)["platforms"] if p["platform"] == "linux/arm64"))')"
+if ! corral service inspect hello-arm64 -o json >/dev/null 2>&1; then
+  corral run --name hello-arm64 --allow-emulation "$ARM64" sh -c "$LOOP"
 fi
 corral ps
 sleep 1
 corral logs hello --tail 1
+corral logs hello-arm64 --tail 1
 echo
 echo "Corral is running. Try: corral host ls | corral service ls | corral ps | corral logs -f hello"

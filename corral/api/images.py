@@ -26,6 +26,10 @@ def image_error_status(exc: ImageError) -> int:
 async def inspect(ref: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
     try:
         resolved = await run_in_threadpool(state.images.resolve, ref)
+        sizes = await run_in_threadpool(state.images.image_sizes, resolved)
     except ImageError as exc:
         raise HTTPException(image_error_status(exc), str(exc)) from None
-    return resolved.to_dict()
+    body = resolved.to_dict()
+    for entry in body["platforms"]:
+        entry["image_size"] = sizes.get(entry["platform"])  # config + compressed layers
+    return body

@@ -323,7 +323,8 @@ def image_platforms_table(image: JSONDict, *, no_trunc: bool = False) -> Table:
         cells: list[Any] = [
             _text(entry.get("platform")),
             _text(digest if no_trunc else short_digest(digest)),
-            human_bytes(entry.get("size")),
+            # the download size (config + compressed layers); older servers only know the manifest's
+            human_bytes(entry.get("image_size", entry.get("size"))),
         ]
         if with_os:
             cells.append(_text(entry.get("os_version")))

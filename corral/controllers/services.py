@@ -41,6 +41,8 @@ from corral.store.tables import HostRow, InstanceRow, ServiceRow
 class ImageResolver(Protocol):
     def resolve(self, ref: str) -> ResolvedImage: ...
 
+    def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]: ...
+
 
 def host_view(row: HostRow) -> HostView:
     facts = cons.HostFacts(id=row.id, hostname=row.name, platform=row.platform, labels=row.labels)

@@ -218,6 +218,7 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._by_digest: _LRU[tuple[str, str, str], _Content] = _LRU(cache_size)
         self._by_tag: _LRU[tuple[str, str, str], tuple[str, float]] = _LRU(cache_size)
+        self._sizes: _LRU[str, int] = _LRU(cache_size)
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._basic_hosts: set[str] = set()
 
@@ -248,6 +249,28 @@ class RegistryClient:
         return ResolvedImage(reference=reference.canonical(), registry=reference.registry,
                              repository=reference.repository, tag=reference.tag, digest=digest,
                              media_type=content.media_type, platforms=content.platforms)
+
+    def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]:
+        """Download size (config + compressed layers) of each platform's image, by platform.
+
+        One manifest GET per platform the first time; content-addressed, so cached for good.
+        """
+        reference = parse_reference(resolved.reference)
+        target = _Target(resolved.reference, reference, f"{self._scheme(reference.endpoint)}://"
+                                                        f"{reference.endpoint}")
+        sizes = {}
+        for entry in resolved.platforms:
+            with self._lock:
+                known = self._sizes.get(entry.digest)
+            if known is None:
+                body, _, _ = self._get_manifest(target, entry.digest)
+                doc = _dict(json.loads(body))
+                parts = [_dict(doc.get("config")), *(_dict(layer) for layer in doc.get("layers") or [])]
+                known = sum(int(p.get("size") or 0) for p in parts)
+                with self._lock:
+                    self._sizes.put(entry.digest, known)
+            sizes[entry.platform] = known
+        return sizes
 
     def is_insecure(self, registry: str) -> bool:
         """True when ``registry`` (``host[:port]``) is spoken to over plain HTTP."""

@@ -371,3 +371,12 @@ def test_auth_registry_is_really_closed(auth_registry: str) -> None:
                   headers={"Accept": OCI_MANIFEST})
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_image_sizes_are_config_plus_layers(busybox_image: BuiltImage) -> None:
+    with RegistryClient() as client:
+        resolved = client.resolve(busybox_image.ref)
+        sizes = client.image_sizes(resolved)
+    assert set(sizes) == {"linux/amd64", "linux/arm64", "linux/arm/v7"}
+    # busybox-static is about a megabyte compressed on every architecture
+    assert all(500_000 < n < 5_000_000 for n in sizes.values()), sizes

@@ -37,3 +37,6 @@ class FakeImages:
         entries = tuple(PlatformImage(p, _digest(ref + p), 500, MANIFEST) for p in platforms)
         return ResolvedImage(reference=r.canonical(), registry=r.registry, repository=r.repository, tag=r.tag,
                              digest=_digest(ref), media_type=INDEX, platforms=entries)
+
+    def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]:
+        return {p.platform: 1_000_000 + i for i, p in enumerate(resolved.platforms)}

@@ -113,6 +113,7 @@ def test_image_inspect(h: Harness) -> None:
                      headers=h.as_admin())
     assert r.status_code == 200
     assert [p["platform"] for p in r.json()["platforms"]] == ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+    assert [p["image_size"] for p in r.json()["platforms"]] == [1_000_000, 1_000_001, 1_000_002]
     for ref, code in [("127.0.0.1:5000/corral/missing:1", 404), ("127.0.0.1:5000/corral/down:1", 502),
                       ("Not Valid", 422)]:
         r = h.client.get("/api/v1/images/inspect", params={"ref": ref}, headers=h.as_admin())
