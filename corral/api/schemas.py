@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.images import InvalidReference, parse_reference
 from corral.scheduler import constraints as cons
@@ -37,6 +37,15 @@ def check_label_key(key: str) -> str:
     return key
 
 
+def _check_labels(v: dict[str, str]) -> dict[str, str]:
+    for key in v:
+        check_label_key(key)
+    return v
+
+
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
 class ServiceCreate(Strict):
     name: str
     image: str
@@ -46,7 +55,7 @@ class ServiceCreate(Strict):
     ports: list[PortIn] = Field(default_factory=list)
     constraints: list[str] = Field(default_factory=list)
     restart: RestartIn = Field(default_factory=RestartIn)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     mode: Literal["replicated", "global"] = "replicated"
     allow_emulation: bool = False
 
@@ -73,13 +82,6 @@ class ServiceCreate(Strict):
         for key in v:
             if not _ENV_KEY.match(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
-        return v
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            check_label_key(key)
         return v
 
     @field_validator("constraints")
@@ -112,15 +114,8 @@ class LabelValue(Strict):
 
 class Register(Strict):
     facts: dict[str, Any]
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     name: str | None = Field(default=None, max_length=255)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            check_label_key(key)
-        return v
 
 
 class StatusIn(Strict):

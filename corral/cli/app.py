@@ -228,23 +228,28 @@ def host_inspect(
     _show(data, output_format, lambda: render.host_panel(data))
 
 
-@host_app.command("rm")
-def host_rm(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
-    """Remove hosts and revoke their credentials."""
+def _remove_each(names: list[str], remove: Callable[[Any, str], None]) -> None:
+    """Remove each name, going on past failures; exit 1 if any failed."""
     from corral.cli import output, session
 
     failed = False
     with session.open_client() as client:
-        for host in hosts:
+        for name in names:
             try:
-                client.remove_host(host)
+                remove(client, name)
             except CLIError as exc:
-                output.error(f"{host}: {exc}")
+                output.error(f"{name}: {exc}")
                 failed = True
             else:
-                output.info(host)
+                output.info(name)
     if failed:
         raise typer.Exit(1)
+
+
+@host_app.command("rm")
+def host_rm(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
+    """Remove hosts and revoke their credentials."""
+    _remove_each(hosts, lambda client, host: client.remove_host(host))
 
 
 @label_app.command("add")
@@ -501,20 +506,7 @@ def service_scale(
 @service_app.command("rm")
 def service_rm(names: Annotated[list[str], typer.Argument(help="Service names.")]) -> None:
     """Remove services (their instances are stopped and removed)."""
-    from corral.cli import output, session
-
-    failed = False
-    with session.open_client() as client:
-        for name in names:
-            try:
-                client.remove_service(name)
-            except CLIError as exc:
-                output.error(f"{name}: {exc}")
-                failed = True
-            else:
-                output.info(name)
-    if failed:
-        raise typer.Exit(1)
+    _remove_each(names, lambda client, name: client.remove_service(name))
 
 
 @app.command()

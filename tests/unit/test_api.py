@@ -73,6 +73,14 @@ def test_admin_token_cannot_act_as_agent(h: Harness) -> None:
     assert h.client.get("/api/v1/agent/channel?wait=0", headers=h.as_admin()).status_code == 403
 
 
+def test_register_with_bad_labels_is_refused(h: Harness) -> None:
+    before = h.snapshot()
+    r = h.client.post("/api/v1/agent/register", json={"facts": {}, "labels": {"bad key!": "x"}},
+                      headers={"Authorization": f"Bearer {h.join}"})
+    assert r.status_code == 422 and "invalid label key" in r.text
+    assert h.snapshot() == before
+
+
 def test_join_token_only_registers(h: Harness) -> None:
     as_join = {"Authorization": f"Bearer {h.join}"}
     assert h.client.get("/api/v1/hosts", headers=as_join).status_code == 403
@@ -113,6 +121,8 @@ def test_removed_host_credential_is_revoked(h: Harness) -> None:
      "given twice"),
     ({"name": "web", "image": "busybox", "restart": {"condition": "sometimes"}}, "any"),
     ({"name": "web", "image": "busybox", "surprise": 1}, "Extra inputs"),
+    ({"name": "web", "image": "busybox", "labels": {"bad key": "x"}}, "invalid label key"),
+    ({"name": "web", "image": "busybox", "mode": "everywhere"}, "global"),
 ])
 def test_bad_service_input_is_refused_and_changes_nothing(h: Harness, body: dict, fragment: str) -> None:
     h.register("a")
