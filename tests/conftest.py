@@ -1,1 +1,1 @@
-pytest_plugins = ["testbed.fixtures"]
+pytest_plugins = ["testbed.fixtures", "testbed.arm_fixtures"]
