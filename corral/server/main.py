@@ -107,7 +107,9 @@ def run(argv: list[str]) -> int:
     if args.insecure_http:
         log.warning("serving plain HTTP: development only")
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", access_log=False,
-                            timeout_keep_alive=75, ssl_certfile=certfile, ssl_keyfile=keyfile)
+                            timeout_keep_alive=75, ssl_certfile=certfile, ssl_keyfile=keyfile,
+                            # agents hold long-polls open; they reconnect, so don't wait them out
+                            timeout_graceful_shutdown=2)
     log.info("corral server %s listening on %s", state.public_url, f"{host}:{port}")
     uvicorn.Server(config).run()
     return 0
