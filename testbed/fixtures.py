@@ -13,6 +13,9 @@ down at session end, also when tests fail:
 - ``fresh_postgres_url`` (function scope) a just-created database for this test
 - ``netns_host_factory`` ``(name, forward_ports) -> NetnsHost``, started, each with a
   distinct bridge index; all stopped at session end.
+- ``auth_registry``      AuthRegistry: docker-registry with htpasswd auth on
+  ``127.0.0.1:5001`` (testbed.auth_registry); stopped at session end if this session
+  started it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from testbed.auth_registry import AuthRegistry, ensure_auth_registry, stop_auth_registry
 from testbed.daemons import (
     ensure_binfmt,
     ensure_dockerd,
@@ -110,3 +114,12 @@ def netns_host_factory(binfmt: None) -> Iterator[NetnsHostFactory]:
             list(pool.map(stop, hosts))
         if errors:
             print("netns_host_factory teardown errors:\n" + "\n".join(errors), file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[AuthRegistry]:
+    """A second registry, htpasswd auth (``corral`` / ``s3cret-pw``), on 127.0.0.1:5001."""
+    try:
+        yield ensure_auth_registry()
+    finally:
+        stop_auth_registry()

@@ -17,6 +17,7 @@ from corral.api.auth import require_admin, server_state
 from corral.api.errors import store_errors
 from corral.api.schemas import Strict
 from corral.api.views import iso
+from corral.images import InvalidReference, parse_reference
 from corral.server.state import ServerState
 from corral.store.store import Store
 from corral.store.tables import RegistryCredentialRow
@@ -49,9 +50,22 @@ def _check(registry: str) -> str:
     return registry.lower()
 
 
+def _resend_to_pullers(state: ServerState, registry: str) -> None:
+    """Credentials changed: forget cached answers, and re-send the desired sets of the hosts
+    that pull from `registry`, so they get the new credentials."""
+    state.images.forget(registry)
+    hosts = sorted({i.host_id for i in state.store.list_instances() if _registry_of(i.spec["image"]) == registry})
+    if hosts:
+        state.store.bump_revisions(hosts)
+        state.notifier.notify(hosts)
+
+
 @router.put("/{registry}")
 def login(registry: str, body: Login, state: ServerState = Depends(server_state)) -> dict[str, Any]:
-    return _view(state.store.set_registry_credential(_check(registry), body.username, body.password))
+    row = state.store.set_registry_credential(_check(registry), body.username, body.password)
+    _resend_to_pullers(state, row.host)
+    state.services.reconcile_all()  # services pending on the registry's refusal can resolve now
+    return _view(row)
 
 
 @router.get("")
@@ -63,16 +77,21 @@ def list_registries(state: ServerState = Depends(server_state)) -> list[dict[str
 def logout(registry: str, state: ServerState = Depends(server_state)) -> Response:
     with store_errors():
         state.store.delete_registry_credential(_check(registry))
+    _resend_to_pullers(state, registry.lower())
     return Response(status_code=204)
+
+
+def _registry_of(image: str) -> str | None:
+    try:
+        return parse_reference(image).registry
+    except InvalidReference:
+        return None
 
 
 def pull_auth(store: Store, image: str) -> dict[str, str] | None:
     """X-Registry-Auth for the engine, when credentials are stored for the image's registry."""
-    from corral.images import InvalidReference, parse_reference
-
-    try:
-        registry = parse_reference(image).registry
-    except InvalidReference:
+    registry = _registry_of(image)
+    if registry is None:
         return None
     row = store.registry_credential(registry)
     if row is None:

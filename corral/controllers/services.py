@@ -43,6 +43,8 @@ class ImageResolver(Protocol):
 
     def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]: ...
 
+    def forget(self, registry: str) -> None: ...
+
 
 def host_view(row: HostRow) -> HostView:
     facts = cons.HostFacts(id=row.id, hostname=row.name, platform=row.platform, labels=row.labels)

@@ -114,6 +114,10 @@ class _LRU(Generic[K, V]):
         while len(self._data) > self._size:
             self._data.popitem(last=False)
 
+    def drop(self, keep: Callable[[K], bool]) -> None:
+        for key in [k for k in self._data if not keep(k)]:
+            del self._data[key]
+
 
 @dataclass(frozen=True)
 class _Reply:
@@ -249,6 +253,17 @@ class RegistryClient:
         return ResolvedImage(reference=reference.canonical(), registry=reference.registry,
                              repository=reference.repository, tag=reference.tag, digest=digest,
                              media_type=content.media_type, platforms=content.platforms)
+
+    def forget(self, registry: str) -> None:
+        """Drop what depends on our credentials for ``registry``: tag answers and tokens.
+
+        Called when its credentials change; digests stay cached (their content cannot change).
+        """
+        endpoint = parse_reference(f"{registry}/x").endpoint
+        with self._lock:
+            self._by_tag.drop(lambda key: key[0] != registry)
+            self._tokens = {k: v for k, v in self._tokens.items() if k[0] != endpoint}
+            self._basic_hosts.discard(endpoint)
 
     def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]:
         """Download size (config + compressed layers) of each platform's image, by platform.

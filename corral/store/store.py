@@ -332,6 +332,11 @@ class Store:
             self._bump(s, sorted(hosts))
             return sorted(hosts)
 
+    def bump_revisions(self, host_ids: Sequence[str]) -> None:
+        """Make these hosts fetch their desired sets again (e.g. new pull credentials)."""
+        with self._write() as s:
+            self._bump(s, host_ids)
+
     @staticmethod
     def _bump(s: Session, host_ids: Sequence[str]) -> None:
         if host_ids:

@@ -8,23 +8,17 @@ Besides the test bed's own images (``busybox_image``: a 3-platform OCI index,
   attestation manifests (platform unknown/unknown, annotated
   ``vnd.docker.reference.type: attestation-manifest``, an in-toto layer), tag ``1``;
   and an index of nothing but those attestations, tag ``attestations-only``.
-* a second docker-registry with htpasswd (bcrypt) basic auth on 127.0.0.1:5001, started by
-  a session fixture here and stopped at the end, holding a copy of the arm64 image.
+* a copy of the arm64 image, ``corral/private-arm64:1``, in the second docker-registry
+  with htpasswd (bcrypt) basic auth on 127.0.0.1:5001 (the session fixture
+  ``auth_registry``, testbed.auth_registry, started on first use, stopped at the end).
 
 All traffic is to 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import signal
-import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -37,80 +31,13 @@ from corral.images import (
     RegistryUnreachable,
 )
 from corral.images.client import OCI_INDEX, OCI_MANIFEST
-from testbed.daemons import LOG_DIR, log_tail, wait_until
+from testbed.auth_registry import AuthRegistry, Pusher, copy_image, dumps, sha
 from testbed.images import BuiltImage
 
 pytestmark = pytest.mark.e2e
 
 ATTESTED = "corral/attested"
-AUTH_PORT = 5001
-USER, PASSWORD = "corral", "s3cret-pw"
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def dumps(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-class Pusher:
-    """Just enough of the push side of the distribution API (httpx, plain HTTP)."""
-
-    def __init__(self, registry: str, auth: tuple[str, str] | None = None) -> None:
-        self.http = httpx.Client(base_url=f"http://{registry}", auth=auth, timeout=30)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def mount_or_push(self, repo: str, digest: str, source: Pusher, from_repo: str) -> None:
-        if self.http.head(f"/v2/{repo}/blobs/{digest}").status_code == 200:
-            return
-        if source is self:
-            r = self.http.post(f"/v2/{repo}/blobs/uploads/",
-                               params={"mount": digest, "from": from_repo})
-            if r.status_code == 201:
-                return
-            assert r.status_code == 202, r.text  # mount refused: an upload was started
-        blob = source.http.get(f"/v2/{from_repo}/blobs/{digest}")
-        assert blob.status_code == 200, blob.text
-        self.push_blob(repo, blob.content)
-
-    def push_blob(self, repo: str, data: bytes) -> str:
-        digest = sha(data)
-        if self.http.head(f"/v2/{repo}/blobs/{digest}").status_code == 200:
-            return digest
-        start = self.http.post(f"/v2/{repo}/blobs/uploads/")
-        assert start.status_code == 202, start.text
-        # Location carries the upload state in its query: merge, never replace it.
-        location = httpx.URL(start.headers["Location"]).copy_merge_params({"digest": digest})
-        done = self.http.put(location, content=data,
-                             headers={"Content-Type": "application/octet-stream"})
-        assert done.status_code == 201, done.text
-        return digest
-
-    def get_manifest(self, repo: str, reference: str, media_type: str) -> bytes:
-        r = self.http.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": media_type})
-        assert r.status_code == 200, r.text
-        return r.content
-
-    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
-        r = self.http.put(f"/v2/{repo}/manifests/{reference}", content=body,
-                          headers={"Content-Type": media_type})
-        assert r.status_code == 201, r.text
-        assert r.headers["Docker-Content-Digest"] == sha(body)
-        return sha(body)
-
-    def copy_image(self, repo: str, manifest_digest: str, source: Pusher,
-                   from_repo: str) -> bytes:
-        """Copy one image manifest and its blobs; returns the manifest bytes."""
-        body = source.get_manifest(from_repo, manifest_digest, OCI_MANIFEST)
-        doc = json.loads(body)
-        for blob in (doc["config"], *doc["layers"]):
-            self.mount_or_push(repo, blob["digest"], source, from_repo)
-        self.put_manifest(repo, manifest_digest, body, OCI_MANIFEST)
-        return body
+PRIVATE = "corral/private-arm64"
 
 
 def push_attestation(pusher: Pusher, repo: str, subject: str) -> dict[str, object]:
@@ -269,105 +196,56 @@ def test_index_of_only_attestations(client: RegistryClient, attested: Attested) 
 # ---------------------------------------------------------------- basic auth
 
 
-def _free_port(preferred: int) -> int:
-    """``preferred`` if nothing listens there, else any free loopback port."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Private:
+    registry: AuthRegistry
+    ref: str
 
 
-@pytest.fixture(scope="session")
-def auth_registry(tmp_path_factory: pytest.TempPathFactory, registry: str,
-                  arm64_only_image: BuiltImage) -> Iterator[str]:
-    """A second docker-registry, htpasswd auth, holding ``corral/private:1`` (arm64)."""
-    if shutil.which("htpasswd") is None:
-        pytest.fail("htpasswd not found: apt-get install apache2-utils "
-                    "(scripts/install-deps.sh installs it)")
-    root = tmp_path_factory.mktemp("auth-registry")
-    hashed = subprocess.run(["htpasswd", "-nbB", USER, PASSWORD], capture_output=True,
-                            text=True, check=True).stdout.strip()
-    (root / "htpasswd").write_text(hashed + "\n")
-    address = f"127.0.0.1:{_free_port(AUTH_PORT)}"
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: {address}\n  secret: corral-e2e-not-a-secret\n"
-        f"auth:\n  htpasswd:\n    realm: corral-e2e\n    path: {root / 'htpasswd'}\n")
-    log = LOG_DIR / f"registry-auth-{address.rsplit(':', 1)[1]}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"docker-registry exited ({proc.returncode}):\n"
-                                     f"{log_tail(Path(log))}")
-            try:
-                return httpx.get(f"http://{address}/v2/", timeout=1).status_code == 401
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, 30, f"docker-registry with htpasswd on {address}", log=log)
-        source, target = Pusher(registry), Pusher(address, auth=(USER, PASSWORD))
-        try:
-            body = target.copy_image("corral/private", arm64_only_image.index_digest, source,
-                                     "corral/busybox-arm64")
-            target.put_manifest("corral/private", "1", body, OCI_MANIFEST)
-        finally:
-            source.close()
-            target.close()
-        yield address
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+@pytest.fixture(scope="module")
+def private(auth_registry: AuthRegistry, registry: str,
+            arm64_only_image: BuiltImage) -> Private:
+    """``corral/private-arm64:1`` in the auth registry: a copy of the arm64 image."""
+    digest = copy_image(registry, "corral/busybox-arm64", "1", auth_registry, PRIVATE, "1")
+    assert digest == arm64_only_image.index_digest
+    return Private(auth_registry, f"{auth_registry.address}/{PRIVATE}:1")
 
 
-def test_basic_auth_right_credentials(auth_registry: str, arm64_only_image: BuiltImage) -> None:
+def test_basic_auth_right_credentials(private: Private, arm64_only_image: BuiltImage) -> None:
     asked: list[str] = []
+    reg = private.registry
 
     def credentials(host: str) -> tuple[str, str] | None:
         asked.append(host)
-        return (USER, PASSWORD) if host == auth_registry else None
+        return reg.auth if host == reg.address else None
 
     with RegistryClient(credentials=credentials, retries=1, backoff=0.05) as c:
-        image = c.resolve(f"{auth_registry}/corral/private:1")
+        image = c.resolve(private.ref)
     assert image.digest == arm64_only_image.index_digest
     assert image.platform_strings() == ("linux/arm64",)
-    assert set(asked) == {auth_registry}
+    assert set(asked) == {reg.address}
 
 
-def test_basic_auth_wrong_credentials(auth_registry: str) -> None:
-    ref = f"{auth_registry}/corral/private:1"
-    with RegistryClient(credentials=lambda h: (USER, "wrong"), retries=1, backoff=0.05) as c, \
+def test_basic_auth_wrong_credentials(private: Private) -> None:
+    ref, user = private.ref, private.registry.username
+    with RegistryClient(credentials=lambda h: (user, "wrong"), retries=1, backoff=0.05) as c, \
             pytest.raises(RegistryAuthError) as info:
         c.resolve(ref)
-    assert repr(ref) in str(info.value) and f"user {USER!r}" in str(info.value)
+    assert repr(ref) in str(info.value) and f"user {user!r}" in str(info.value)
     assert info.value.retryable is False
 
 
-def test_basic_auth_no_credentials(auth_registry: str) -> None:
-    ref = f"{auth_registry}/corral/private:1"
+def test_basic_auth_no_credentials(private: Private) -> None:
+    ref = private.ref
     with RegistryClient(retries=1, backoff=0.05) as c, \
             pytest.raises(RegistryAuthError) as info:
         c.resolve(ref)
     assert repr(ref) in str(info.value) and "none are stored" in str(info.value)
 
 
-def test_auth_registry_is_really_closed(auth_registry: str) -> None:
+def test_auth_registry_is_really_closed(private: Private) -> None:
     """The fixture's registry must refuse anonymous reads, or the tests above prove nothing."""
-    r = httpx.get(f"http://{auth_registry}/v2/corral/private/manifests/1", timeout=5,
+    r = httpx.get(f"http://{private.registry.address}/v2/{PRIVATE}/manifests/1", timeout=5,
                   headers={"Accept": OCI_MANIFEST})
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Basic ")

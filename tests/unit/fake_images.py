@@ -21,6 +21,7 @@ class FakeImages:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.forgotten: list[str] = []
 
     def resolve(self, ref: str) -> ResolvedImage:
         self.calls.append(ref)
@@ -40,3 +41,6 @@ class FakeImages:
 
     def image_sizes(self, resolved: ResolvedImage) -> dict[str, int]:
         return {p.platform: 1_000_000 + i for i, p in enumerate(resolved.platforms)}
+
+    def forget(self, registry: str) -> None:
+        self.forgotten.append(registry)

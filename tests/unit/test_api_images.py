@@ -146,5 +146,16 @@ def test_registry_credentials_never_come_back_and_reach_only_the_pulling_host(h:
     for path in ("/api/v1/services/private", f"/api/v1/hosts/{pi4}", "/api/v1/instances"):
         assert "s3cret" not in h.client.get(path, headers=h.as_admin()).text
     assert "s3cret" not in str([i.spec for i in h.state.store.list_instances()])  # not stored with instances
+    # new credentials: the hosts that pull from that registry get their sets again, nobody else
+    revisions = {hid: h.state.store.host_revision(hid) for hid in (pi4, _pi3)}
+    h.client.put("/api/v1/registries/127.0.0.1:5001", json={"username": "bob", "password": "n3w-pw"},
+                 headers=h.as_admin())
+    assert h.state.store.host_revision(pi4) == revisions[pi4] + 1
+    assert h.state.store.host_revision(_pi3) == revisions[_pi3]
+    resent = {i["service"]: i["registry_auth"] for i in channel(pi4_cred)["instances"]}
+    assert resent["private"]["password"] == "n3w-pw"
+    images: FakeImages = h.state.images  # type: ignore[assignment]
+    assert images.forgotten[-1] == "127.0.0.1:5001"
     assert h.client.delete("/api/v1/registries/127.0.0.1:5001", headers=h.as_admin()).status_code == 204
+    assert h.state.store.host_revision(pi4) == revisions[pi4] + 2
     assert h.client.delete("/api/v1/registries/127.0.0.1:5001", headers=h.as_admin()).status_code == 404

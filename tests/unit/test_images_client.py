@@ -791,3 +791,17 @@ def test_resolved_image_json_round_trip_and_helpers(fake: FakeRegistry,
     assert image.for_platform("LINUX/ARM64/V8") == image.platforms[0]
     assert image.pull_reference("linux/amd64") is None
     assert image.pull_reference("windows/amd64") == f"{REG}/app@{image.platforms[1].digest}"
+
+
+def test_forget_drops_tag_answers_but_keeps_digests(fake: FakeRegistry, client: RegistryClient) -> None:
+    digest, _ = three_platform_index(fake)
+    client.resolve(f"{REG}/corral/busybox:1")
+    client.forget(REG)
+    fake.calls.clear()
+    client.resolve(f"{REG}/corral/busybox:1")  # asked again: the tag answer is gone
+    assert fake.calls
+    fake.calls.clear()
+    client.forget(REG)
+    client.resolve(f"{REG}/corral/busybox@{digest}")  # content-addressed: still cached
+    assert fake.calls == []
+    client.forget("other.example:5000")  # another registry's credentials: nothing to do here
