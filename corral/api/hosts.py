@@ -59,6 +59,30 @@ def remove_label(ref: str, key: str, state: ServerState = Depends(server_state))
     return host_json(host, _counts(state)[host.id])
 
 
+def _set_availability(ref: str, availability: str, state: ServerState) -> dict[str, Any]:
+    with store_errors():
+        host = state.store.set_availability(state.store.get_host(ref).id, availability)
+    state.services.reconcile_all()  # draining moves instances away; activate may place pending ones
+    return host_json(host, _counts(state)[host.id])
+
+
+@router.post("/{ref}/cordon")
+def cordon(ref: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    """No new instances on this host; what runs there stays."""
+    return _set_availability(ref, "cordoned", state)
+
+
+@router.post("/{ref}/drain")
+def drain(ref: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    """No new instances, and the host's replicated instances move to other hosts."""
+    return _set_availability(ref, "draining", state)
+
+
+@router.post("/{ref}/activate")
+def activate(ref: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    return _set_availability(ref, "active", state)
+
+
 @router.delete("/{ref}", status_code=204)
 def remove_host(ref: str, state: ServerState = Depends(server_state)) -> Response:
     with store_errors():

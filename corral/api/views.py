@@ -19,6 +19,7 @@ def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:
         "id": row.id,
         "name": row.name,
         "state": row.state,
+        "availability": row.availability,
         "platform": row.platform,
         "engine_platform": row.engine_platform,
         "labels": row.labels,

@@ -228,28 +228,57 @@ def host_inspect(
     _show(data, output_format, lambda: render.host_panel(data))
 
 
-def _remove_each(names: list[str], remove: Callable[[Any, str], None]) -> None:
-    """Remove each name, going on past failures; exit 1 if any failed."""
+def _for_each(names: list[str], act: Callable[[Any, str], None], report: bool = True) -> None:
+    """Act on each name, going on past failures; exit 1 if any failed."""
     from corral.cli import output, session
 
     failed = False
     with session.open_client() as client:
         for name in names:
             try:
-                remove(client, name)
+                act(client, name)
             except CLIError as exc:
                 output.error(f"{name}: {exc}")
                 failed = True
             else:
-                output.info(name)
+                if report:
+                    output.info(name)
     if failed:
         raise typer.Exit(1)
+
+
+def _availability(hosts: list[str], action: str) -> None:
+    from corral.cli import output
+
+    def act(client: Any, host: str) -> None:
+        result = client.set_host_availability(host, action)
+        output.info(f"{host}: {result.get('availability')}")
+
+    _for_each(hosts, act, report=False)
+
+
+@host_app.command("cordon")
+def host_cordon(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
+    """Place nothing new on these hosts; what runs there stays."""
+    _availability(hosts, "cordon")
+
+
+@host_app.command("drain")
+def host_drain(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
+    """Move these hosts' instances to other hosts, and place nothing new on them."""
+    _availability(hosts, "drain")
+
+
+@host_app.command("activate")
+def host_activate(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
+    """Make cordoned or drained hosts schedulable again."""
+    _availability(hosts, "activate")
 
 
 @host_app.command("rm")
 def host_rm(hosts: Annotated[list[str], typer.Argument(help="Host ids or names.")]) -> None:
     """Remove hosts and revoke their credentials."""
-    _remove_each(hosts, lambda client, host: client.remove_host(host))
+    _for_each(hosts, lambda client, host: client.remove_host(host))
 
 
 @label_app.command("add")
@@ -506,7 +535,7 @@ def service_scale(
 @service_app.command("rm")
 def service_rm(names: Annotated[list[str], typer.Argument(help="Service names.")]) -> None:
     """Remove services (their instances are stopped and removed)."""
-    _remove_each(names, lambda client, name: client.remove_service(name))
+    _for_each(names, lambda client, name: client.remove_service(name))
 
 
 @app.command()

@@ -313,6 +313,10 @@ class CorralClient:
         """Remove a host and revoke its credential."""
         self._request("DELETE", f"/hosts/{_quote(host)}")
 
+    def set_host_availability(self, host: str, action: str) -> JSONDict:
+        """``action``: cordon, drain or activate."""
+        return self._object("POST", f"/hosts/{_quote(host)}/{action}")
+
     def set_host_label(self, host: str, key: str, value: str) -> JSONDict:
         return self._object(
             "PUT", f"/hosts/{_quote(host)}/labels/{_quote(key)}", json={"value": value}

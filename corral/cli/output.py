@@ -165,6 +165,9 @@ STATE_STYLES = {
     # hosts
     "ready": "green",
     "down": "red",
+    "active": "green",
+    "cordoned": "yellow",
+    "draining": "yellow",
     # instances
     "running": "green",
     "pending": "yellow",

@@ -102,7 +102,8 @@ def host_platform(host: JSONDict) -> Text:
 
 def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> Table:
     table = _table(
-        "ID", "NAME", "PLATFORM", "STATE", "ENGINE", "CPUS", "MEMORY", "LABELS", "LAST SEEN"
+        "ID", "NAME", "PLATFORM", "STATE", "AVAILABILITY", "ENGINE", "CPUS", "MEMORY", "LABELS",
+        "LAST SEEN"
     )
     for host in hosts:
         facts = host.get("facts") or {}
@@ -112,6 +113,7 @@ def hosts_table(hosts: list[JSONDict], now: datetime | None = None) -> Table:
             _text(host.get("name")),
             host_platform(host),
             state_text(host.get("state")),
+            state_text(host.get("availability") or "active"),
             _text((facts.get("docker") or {}).get("version")),
             _text(facts.get("cpus")),
             human_bytes(facts.get("memory_bytes")),

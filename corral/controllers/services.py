@@ -46,10 +46,17 @@ class ImageResolver(Protocol):
     def forget(self, registry: str) -> None: ...
 
 
+def schedulable_state(row: HostRow) -> str:
+    """'ready' only for a live, active host; else what stops it: down, cordoned or draining."""
+    if row.state != "ready":
+        return row.state
+    return "ready" if row.availability == "active" else row.availability
+
+
 def host_view(row: HostRow) -> HostView:
     facts = cons.HostFacts(id=row.id, hostname=row.name, platform=row.platform, labels=row.labels)
     plats = host_platforms(row.platform, row.facts.get("emulated_platforms") or (), bool(row.facts.get("arm32")))
-    return HostView(facts=facts, state=row.state, platforms=plats)
+    return HostView(facts=facts, state=schedulable_state(row), platforms=plats)
 
 
 def service_request(service: ServiceRow) -> ServiceRequest:
@@ -131,7 +138,9 @@ class ServiceController:
             remove = self._not_eligible(instances, eligible, hosts)
             replicas = len(eligible)
         else:
-            remove = self._surplus(instances, service.replicas, hosts)
+            draining = [i.id for i in instances if hosts[i.host_id].availability == "draining"]
+            remove = draining + self._surplus([i for i in instances if i.id not in set(draining)],
+                                              service.replicas, hosts)
             kept = [i for i in instances if i.id not in set(remove)]
             used = {i.slot for i in kept}
             missing = max(0, service.replicas - len(kept))

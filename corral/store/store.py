@@ -101,7 +101,7 @@ class Store:
     def create_host(self, name: str, facts: dict[str, Any], labels: dict[str, str],
                     token_hash: str) -> HostRow:
         now = self.clock()
-        row = HostRow(id=new_id(), name=name, state="ready", platform=str(facts.get("platform", "")),
+        row = HostRow(id=new_id(), name=name, state="ready", availability="active", platform=str(facts.get("platform", "")),
                       engine_platform=str(facts.get("engine_platform", "")), labels=dict(labels),
                       facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now)
         with self._write() as s:
@@ -144,6 +144,14 @@ class Store:
             else:
                 labels[key] = value
             row.labels = labels
+            return row
+
+    def set_availability(self, host_id: str, availability: str) -> HostRow:
+        with self._write() as s:
+            row = s.get(HostRow, host_id)
+            if row is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            row.availability = availability
             return row
 
     def remove_host(self, host_id: str) -> None:

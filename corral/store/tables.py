@@ -22,7 +22,8 @@ class HostRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="ready")
+    state: Mapped[str] = mapped_column(String(16), default="ready")  # ready | down: what heartbeats say
+    availability: Mapped[str] = mapped_column(String(16), default="active")  # active | cordoned | draining
     platform: Mapped[str] = mapped_column(String(64), default="")
     engine_platform: Mapped[str] = mapped_column(String(64), default="")
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -247,3 +247,32 @@ def test_published_ports_place_one_per_host(h: Harness) -> None:
     body = r.json()
     assert len(body["instances"]) == 2 and len({i["host_id"] for i in body["instances"]}) == 2
     assert "publishes host ports" in body["pending_reason"]
+
+
+def test_cordon_drain_activate(h: Harness) -> None:
+    a, _ = h.register("a")
+    b, _ = h.register("b")
+    h.client.post("/api/v1/services", json={"name": "web", "image": "busybox", "replicas": 4}, headers=h.as_admin())
+
+    def on(host: str) -> list[int]:
+        body = h.client.get("/api/v1/services/web", headers=h.as_admin()).json()
+        return sorted(i["slot"] for i in body["instances"] if i["host_id"] == host)
+
+    first, second = on(a), on(b)
+    assert sorted(first + second) == [1, 2, 3, 4] and len(first) == len(second) == 2
+    # cordon: what runs stays, nothing new goes there
+    r = h.client.post(f"/api/v1/hosts/{a}/cordon", headers=h.as_admin())
+    assert r.status_code == 200 and r.json()["availability"] == "cordoned"
+    h.client.patch("/api/v1/services/web", json={"replicas": 6}, headers=h.as_admin())
+    assert on(a) == first and on(b) == sorted(second + [5, 6])
+    # drain: its replicas move to the other host, same slots
+    assert h.client.post(f"/api/v1/hosts/{a}/drain", headers=h.as_admin()).json()["availability"] == "draining"
+    assert on(a) == [] and on(b) == [1, 2, 3, 4, 5, 6]
+    svc = h.client.post("/api/v1/services", json={"name": "nowhere", "image": "busybox",
+                                                   "constraints": [f"node.id=={a}"]}, headers=h.as_admin()).json()
+    assert svc["pending_reason"] == ("0 of 2 hosts can run it: image offers linux/amd64, linux/arm64, linux/arm/v7; "
+                                     f"1 host does not match constraint node.id=={a}, 1 host is draining")
+    # activate: schedulable again
+    assert h.client.post(f"/api/v1/hosts/{a}/activate", headers=h.as_admin()).json()["availability"] == "active"
+    assert h.client.get("/api/v1/services/nowhere", headers=h.as_admin()).json()["pending_reason"] is None
+    assert h.client.post("/api/v1/hosts/nope/drain", headers=h.as_admin()).status_code == 404

@@ -209,6 +209,7 @@ class FakeServer:
             (r"DELETE /hosts/([^/]+)", self.delete_host),
             (r"PUT /hosts/([^/]+)/labels/([^/]+)", self.put_label),
             (r"DELETE /hosts/([^/]+)/labels/([^/]+)", self.delete_label),
+            (r"POST /hosts/([^/]+)/(cordon|drain|activate)", self.set_availability),
             (r"POST /services", self.create_service),
             (r"GET /services", lambda r: httpx.Response(200, json=list(self.services.values()))),
             (r"GET /services/([^/]+)", self.get_service),
@@ -250,6 +251,13 @@ class FakeServer:
         if " " in key:
             return err(422, f"invalid label key {key!r}")
         host["labels"][key] = json.loads(request.content)["value"]
+        return httpx.Response(200, json=host)
+
+    def set_availability(self, request: httpx.Request, ref: str, action: str) -> httpx.Response:
+        host = self._host(ref)
+        if not host:
+            return err(404, f"host {ref} not found")
+        host["availability"] = {"cordon": "cordoned", "drain": "draining", "activate": "active"}[action]
         return httpx.Response(200, json=host)
 
     def delete_label(self, request: httpx.Request, ref: str, key: str) -> httpx.Response:
@@ -670,6 +678,7 @@ def test_host_ls_table(api: FakeServer) -> None:
         "NAME",
         "PLATFORM",
         "STATE",
+        "AVAILABILITY",
         "ENGINE",
         "CPUS",
         "MEMORY",
@@ -683,6 +692,17 @@ def test_host_ls_table(api: FakeServer) -> None:
     assert "zone=edge" in a and re.search(r"\b[34]s ago\b", a)
     b = next(line for line in lines if "host-b" in line)
     assert "down" in b and "2h ago" in b and "(engine linux/arm64)" in b
+
+
+@pytest.mark.parametrize(("action", "availability"), [
+    ("cordon", "cordoned"), ("drain", "draining"), ("activate", "active")])
+def test_host_availability(api: FakeServer, action: str, availability: str) -> None:
+    out = ok("host", action, "host-a").stdout
+    assert f"host-a: {availability}" in out
+    assert api.hosts["host-a"]["availability"] == availability
+    assert availability in ok("host", "ls").stdout
+    bad = fails(1, "host", action, "nope")
+    assert "nope" in bad.output
 
 
 def test_host_ls_json_is_the_api_objects(api: FakeServer) -> None:
