@@ -18,21 +18,22 @@ lifecycle controller's job, not this one's.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Protocol
 
 from corral.images import ImageError, ResolvedImage
 from corral.model import InstanceSpec, PortSpec, RestartPolicy
-from corral.platforms import Platform
-from corral.scheduler import constraints as cons
-from corral.scheduler.placement import (
-    HostView,
+from corral.scheduler.model import (
+    HostSnapshot,
     Placement,
+    Resources,
     ServiceRequest,
-    place_global,
-    place_replicated,
+    Snapshot,
+    capacity_from_facts,
+    parse_resources,
 )
+from corral.scheduler.placement import plan, plan_global, request_from_spec
 from corral.scheduler.platforms import host_platforms
 from corral.store.store import NewInstance, NotFoundError, Store, new_id
 from corral.store.tables import HostRow, InstanceRow, ServiceRow
@@ -46,31 +47,34 @@ class ImageResolver(Protocol):
     def forget(self, registry: str) -> None: ...
 
 
-def schedulable_state(row: HostRow) -> str:
-    """'ready' only for a live, active host; else what stops it: down, cordoned or draining."""
-    if row.state != "ready":
-        return row.state
-    return "ready" if row.availability == "active" else row.availability
-
-
-def host_view(row: HostRow) -> HostView:
-    facts = cons.HostFacts(id=row.id, hostname=row.name, platform=row.platform, labels=row.labels)
-    plats = host_platforms(row.platform, row.facts.get("emulated_platforms") or (), bool(row.facts.get("arm32")))
-    return HostView(facts=facts, state=schedulable_state(row), platforms=plats)
-
-
 def service_request(service: ServiceRow) -> ServiceRequest:
-    spec = service.spec
-    platforms = None
-    if service.resolution is not None:
-        platforms = tuple(Platform.parse(p["platform"]) for p in service.resolution["platforms"])
-    return ServiceRequest(
-        constraints=tuple(cons.parse(c) for c in spec.get("constraints") or []),
-        image_platforms=platforms,
-        allow_emulation=bool(spec.get("allow_emulation")),
-        one_per_host=bool(spec.get("ports")),
-        mode="global" if spec.get("mode") == "global" else "replicated",
-    )
+    res = service.resolution
+    return request_from_spec(service.name, service.spec,
+                             [p["platform"] for p in res["platforms"]] if res else None,
+                             {p["platform"]: p["digest"] for p in res["platforms"]} if res else None)
+
+
+def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instances: list[InstanceRow],
+             exclude: set[str]) -> Snapshot:
+    """What the scheduler sees: every host, with what its instances (but `exclude`) hold."""
+    per_host: dict[str, list[InstanceRow]] = defaultdict(list)
+    for inst in instances:
+        if inst.id not in exclude and inst.service_id in services:
+            per_host[inst.host_id].append(inst)
+    snaps = []
+    for h in hosts.values():
+        mine = per_host.get(h.id, [])
+        allocated = Resources()
+        for inst in mine:
+            allocated = allocated + parse_resources(services[inst.service_id].spec.get("reservations"))
+        snaps.append(HostSnapshot(
+            id=h.id, hostname=h.name, state=h.state, availability=h.availability,
+            platforms=host_platforms(h.platform, h.facts.get("emulated_platforms") or (), bool(h.facts.get("arm32"))),
+            labels=h.labels, capacity=capacity_from_facts(h.facts), allocated=allocated,
+            ports_in_use=frozenset((p["published"], p.get("protocol", "tcp"))
+                                   for inst in mine for p in inst.spec.get("ports") or []),
+            service_counts=Counter(services[i.service_id].name for i in mine), platform=h.platform))
+    return Snapshot(tuple(snaps))
 
 
 def instance_spec(service: ServiceRow, slot: int, instance_id: str, image: str) -> InstanceSpec:
@@ -128,15 +132,16 @@ class ServiceController:
         except NotFoundError:
             return []
         hosts = {h.id: h for h in self._store.list_hosts()}
-        views = [host_view(h) for h in hosts.values()]
-        instances = self._store.list_instances(service_id=service.id)
+        services = {s.id: s for s in self._store.list_services()}
+        everything = self._store.list_instances()
+        instances = [i for i in everything if i.service_id == service.id]
         req = service_request(service)
         replicas: int | None = None
         if req.mode == "global":
-            result, eligible = place_global(req, views, {i.host_id for i in instances},
-                                            max((i.slot for i in instances), default=0) + 1)
-            remove = self._not_eligible(instances, eligible, hosts)
-            replicas = len(eligible)
+            snap = snapshot(hosts, services, everything, exclude=set())
+            result = plan_global(req, snap, max((i.slot for i in instances), default=0) + 1)
+            remove = self._not_eligible(instances, set(result.eligible), hosts)
+            replicas = len(result.eligible)
         else:
             draining = [i.id for i in instances if hosts[i.host_id].availability == "draining"]
             remove = draining + self._surplus([i for i in instances if i.id not in set(draining)],
@@ -145,8 +150,7 @@ class ServiceController:
             used = {i.slot for i in kept}
             missing = max(0, service.replicas - len(kept))
             slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
-            result = place_replicated(slots, req, views, Counter(i.host_id for i in kept),
-                                      self._store.instance_counts())
+            result = plan(req, snapshot(hosts, services, everything, exclude=set(remove)), slots)
         add = [self._new_instance(service, p, hosts[p.host_id]) for p in result.placements]
         if not add and not remove and service.pending_reason == result.reason and \
                 (replicas is None or replicas == service.replicas):
