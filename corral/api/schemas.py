@@ -58,6 +58,12 @@ class ServiceCreate(Strict):
     labels: Labels = Field(default_factory=dict)
     mode: Literal["replicated", "global"] = "replicated"
     allow_emulation: bool = False
+    # scheduling (checked in full by corral.scheduler.placement.validate at submit time)
+    reservations: dict[str, Any] | None = None  # {"cpu": 0.5, "memory": "512Mi", "generic": {"nvidia.com/gpu": 1}}
+    max_replicas_per_node: int | None = Field(default=None, ge=1)
+    affinities: list[str] = Field(default_factory=list)  # "service!=db", "soft:node.labels.zone==edge"
+    preferences: list[str] = Field(default_factory=list)  # "spread=node.labels.zone"
+    strategy: Literal["spread", "binpack"] = "spread"
 
     @field_validator("name")
     @classmethod
@@ -101,7 +107,11 @@ class ServiceCreate(Strict):
         return self
 
     def spec(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name", "replicas"})
+        spec = self.model_dump(exclude={"name", "replicas"})
+        for key in ("reservations", "max_replicas_per_node"):
+            if spec[key] is None:
+                del spec[key]
+        return spec
 
 
 class ServiceScale(Strict):

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -14,6 +14,7 @@ from corral.api.auth import require_admin, server_state
 from corral.api.errors import store_errors
 from corral.api.schemas import ServiceCreate, ServiceScale
 from corral.api.views import instance_json, service_json
+from corral.scheduler.placement import validate
 from corral.server.state import ServerState
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
@@ -28,6 +29,9 @@ def _service_body(state: ServerState, name: str, with_instances: bool = True) ->
 
 @router.post("/services", status_code=201)
 def create_service(body: ServiceCreate, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    errors = validate(body.spec(), state.services.snapshot(), body.name)
+    if errors:
+        raise HTTPException(422, "; ".join(errors))
     with store_errors():
         state.store.create_service(body.name, body.spec(), body.replicas)
     state.services.reconcile(body.name)

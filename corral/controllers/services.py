@@ -101,6 +101,11 @@ class ServiceController:
         self._images = images
         self._lock = threading.Lock()
 
+    def snapshot(self) -> Snapshot:
+        """The scheduler's view of the fleet now (for submit-time checks)."""
+        return snapshot({h.id: h for h in self._store.list_hosts()},
+                        {s.id: s for s in self._store.list_services()}, self._store.list_instances(), set())
+
     def reconcile_all(self) -> None:
         for service in self._store.list_services():
             self.reconcile(service.name)
