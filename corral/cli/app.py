@@ -228,6 +228,34 @@ def host_inspect(
     _show(data, output_format, lambda: render.host_panel(data))
 
 
+def _scheduling(cpu: str | None, memory: str | None, generic: list[str] | None, max_per_node: int | None,
+                affinities: list[str] | None, preferences: list[str] | None, strategy: str) -> dict[str, Any]:
+    """The scheduling part of a service spec: only what was given (the server checks it all)."""
+    if strategy not in ("spread", "binpack"):
+        raise typer.BadParameter("must be spread or binpack", param_hint="--strategy")
+    if max_per_node is not None and max_per_node < 1:
+        raise typer.BadParameter("must be 1 or more", param_hint="--max-replicas-per-node")
+    out: dict[str, Any] = {}
+    reservations: dict[str, Any] = {}
+    if cpu is not None:
+        reservations["cpu"] = cpu
+    if memory is not None:
+        reservations["memory"] = memory
+    if generic:
+        reservations["generic"] = list(generic)
+    if reservations:
+        out["reservations"] = reservations
+    if max_per_node is not None:
+        out["max_replicas_per_node"] = max_per_node
+    if affinities:
+        out["affinities"] = list(affinities)
+    if preferences:
+        out["preferences"] = list(preferences)
+    if strategy != "spread":
+        out["strategy"] = strategy
+    return out
+
+
 def _for_each(names: list[str], act: Callable[[Any, str], None], report: bool = True) -> None:
     """Act on each name, going on past failures; exit 1 if any failed."""
     from corral.cli import output, session
@@ -376,6 +404,30 @@ def run(
             "--constraint", "-c", help="Placement rule, e.g. node.labels.zone==edge (repeatable)."
         ),
     ] = None,
+    reserve_cpu: Annotated[
+        str | None, typer.Option("--reserve-cpu", help="CPU to reserve per instance, e.g. 0.5 or 500m.")
+    ] = None,
+    reserve_memory: Annotated[
+        str | None, typer.Option("--reserve-memory", help="Memory to reserve per instance, e.g. 512Mi.")
+    ] = None,
+    generic_resource: Annotated[
+        list[str] | None,
+        typer.Option("--generic-resource", help="KIND=N to reserve, e.g. nvidia.com/gpu=1 (repeatable)."),
+    ] = None,
+    max_replicas_per_node: Annotated[
+        int | None, typer.Option("--max-replicas-per-node", help="At most N instances on one host.")
+    ] = None,
+    affinity: Annotated[
+        list[str] | None,
+        typer.Option("--affinity", help="service!=db, service==cache, soft:node.labels.zone==edge (repeatable)."),
+    ] = None,
+    placement_pref: Annotated[
+        list[str] | None,
+        typer.Option("--placement-pref", help="Spread over a label's values: spread=node.labels.zone."),
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="spread (default) or binpack.")
+    ] = "spread",
     restart: Annotated[
         RestartCondition, typer.Option("--restart", help="When to restart an instance that exits.")
     ] = RestartCondition.any,
@@ -431,6 +483,8 @@ def run(
         "constraints": list(constraint or []),
         "restart": {"condition": restart.value, "max_attempts": restart_max_attempts, "delay": 1.0},
     }
+    spec |= _scheduling(reserve_cpu, reserve_memory, generic_resource, max_replicas_per_node, affinity,
+                        placement_pref, strategy)
 
     as_json = output_format is OutputFormat.json
     with session.open_client() as client:

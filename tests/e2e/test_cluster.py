@@ -260,3 +260,38 @@ def test_agent_with_a_wrong_join_secret_is_refused(cluster: Cluster, tmp_path) -
     p = _join(cluster, real[:-6] + "000000", tmp_path)
     assert p.returncode != 0 and "401" in p.stderr
     assert len(cluster.hosts()) == len(before)
+
+
+def test_drain_moves_instances_and_activate_restores(cluster: Cluster, busybox_image: BuiltImage) -> None:
+    cluster.create(name="movable", image=busybox_image.ref, replicas=3, command=["sleep", "3600"])
+    cluster.wait_running("movable", 3)
+    drained = next(n for n in cluster.nodes if n.host.name == "e2e1")
+    assert len(drained.containers("movable")) == 1
+    with cluster.api() as c:
+        assert c.post("/api/v1/hosts/e2e1/drain").json()["availability"] == "draining"
+        try:
+            svc = cluster.wait_service("movable", lambda s: s["running"] == 3 and all(
+                i["host_name"] != "e2e1" for i in s["instances"]), 60, "instances moved off e2e1")
+            assert sorted(i["slot"] for i in svc["instances"]) == [1, 2, 3]
+            wait_for(lambda: drained.containers("movable") == [], 30, "the drained host's container removed")
+            # nothing new lands on a draining host
+            cluster.create(name="after-drain", image=busybox_image.ref, replicas=3, command=["sleep", "3600"])
+            svc = cluster.wait_running("after-drain", 3)
+            assert all(i["host_name"] != "e2e1" for i in svc["instances"])
+        finally:
+            c.post("/api/v1/hosts/e2e1/activate")
+    cluster.remove("after-drain")
+    cluster.remove("movable")
+
+
+def test_hard_anti_affinity_keeps_services_apart(cluster: Cluster, busybox_image: BuiltImage) -> None:
+    cluster.create(name="db", image=busybox_image.ref, command=["sleep", "3600"], constraints=["node.hostname==e2e2"])
+    cluster.wait_running("db", 1)
+    cluster.create(name="web-apart", image=busybox_image.ref, replicas=4, command=["sleep", "3600"],
+                   affinities=["service!=db"])
+    svc = cluster.wait_running("web-apart", 4)
+    assert {i["host_name"] for i in svc["instances"]} == {"e2e1", "e2e3"}
+    node = next(n for n in cluster.nodes if n.host.name == "e2e2")
+    assert node.containers("web-apart") == []
+    cluster.remove("web-apart")
+    cluster.remove("db")

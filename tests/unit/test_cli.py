@@ -797,6 +797,20 @@ def test_run_detached_sends_the_full_spec(api: FakeServer) -> None:
     }
 
 
+def test_run_sends_scheduling_options(api: FakeServer) -> None:
+    ok("run", "-d", "-n", "train", "--reserve-cpu", "500m", "--reserve-memory", "1Gi",
+       "--generic-resource", "nvidia.com/gpu=1", "--max-replicas-per-node", "1", "--affinity", "service!=db",
+       "--affinity", "soft:node.labels.zone==edge", "--placement-pref", "spread=node.labels.zone",
+       "--strategy", "binpack", "busybox")  # fmt: skip
+    body = json.loads(api.last("POST", "/services").content)
+    assert body["reservations"] == {"cpu": "500m", "memory": "1Gi", "generic": ["nvidia.com/gpu=1"]}
+    assert body["max_replicas_per_node"] == 1 and body["strategy"] == "binpack"
+    assert body["affinities"] == ["service!=db", "soft:node.labels.zone==edge"]
+    assert body["preferences"] == ["spread=node.labels.zone"]
+    fails(2, "run", "-d", "--strategy", "random", "busybox")
+    fails(2, "run", "-d", "--max-replicas-per-node", "0", "busybox")
+
+
 def test_run_defaults_and_derived_name(api: FakeServer) -> None:
     ok("run", "-d", "registry.test:5000/team/My_App:1.2@sha256:" + "0" * 64)
     body = json.loads(api.last("POST", "/services").content)
