@@ -27,9 +27,9 @@ as before.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.platforms import Platform, PlatformError
 from corral.scheduler import constraints as cons
@@ -64,6 +64,8 @@ from corral.scheduler.model import (
 )
 from corral.scheduler.platforms import Choice, HostPlatforms
 from corral.scheduler.scores import Bucket, Chooser, Context, Key, seed, subseed, walk
+
+T = TypeVar("T")
 
 __all__ = [
     "Fit", "HostView", "Mode", "Placement", "PlacementResult", "Plan", "ServiceRequest", "StalePlan",
@@ -567,6 +569,17 @@ def _parse_ports(raw: Any, errors: list[str]) -> tuple[tuple[int, str], ...]:
     return tuple(out)
 
 
+def _parse_each(items: Any, parse: Callable[[str], T], errors: list[str]) -> tuple[T, ...]:
+    """Parse every item, collecting all errors rather than stopping at the first."""
+    parsed = []
+    for text in items or []:
+        try:
+            parsed.append(parse(text))
+        except SpecError as exc:
+            errors += exc.errors
+    return tuple(parsed)
+
+
 def _parse_spec(name: str, spec: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name}
     constraints = []
@@ -580,20 +593,8 @@ def _parse_spec(name: str, spec: Mapping[str, Any], errors: list[str]) -> dict[s
         out["reservations"] = parse_resources(spec.get("reservations"))
     except SpecError as exc:
         errors += exc.errors
-    affinities = []
-    for text in spec.get("affinities") or []:
-        try:
-            affinities.append(parse_affinity(text))
-        except SpecError as exc:
-            errors += exc.errors
-    out["affinities"] = tuple(affinities)
-    prefs = []
-    for text in spec.get("preferences") or []:
-        try:
-            prefs.append(parse_preference(text))
-        except SpecError as exc:
-            errors += exc.errors
-    out["preferences"] = tuple(prefs)
+    out["affinities"] = _parse_each(spec.get("affinities"), parse_affinity, errors)
+    out["preferences"] = _parse_each(spec.get("preferences"), parse_preference, errors)
     strategy = spec.get("strategy") or "spread"
     if strategy not in ("spread", "binpack"):
         errors.append(f"invalid strategy {strategy!r}: expected spread or binpack")
