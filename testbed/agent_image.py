@@ -26,7 +26,6 @@ root and the same sources give the same digests. Pushing reuses ``testbed.images
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 import sys
@@ -45,7 +44,6 @@ from testbed.armroot import (
 )
 from testbed.daemons import TestbedError, machine_lock
 from testbed.images import (
-    CACHE_DIR,
     FIXED_CREATED,
     FIXED_MTIME,
     OCI_CONFIG,
@@ -55,6 +53,7 @@ from testbed.images import (
     BuiltImage,
     RegistryPusher,
     canonical_json,
+    cached_layer,
     gzip_deterministic,
     platform_descriptor,
     sha256_digest,
@@ -126,23 +125,7 @@ def _cached_root_layer(arch: str) -> tuple[bytes, str]:
     """(gzip'd layer, diff_id) of the runtime root for Debian ``arch``."""
     root = build_root(arch)
     key = f"pyroot-{arch}-{root_stamp_digest(arch)}-{_LAYER_LAYOUT}"
-    layers = CACHE_DIR / "layers"
-    layers.mkdir(parents=True, exist_ok=True)
-    blob_path, meta_path = layers / f"{key}.tar.gz", layers / f"{key}.json"
-    if blob_path.exists() and meta_path.exists():
-        blob = blob_path.read_bytes()
-        meta = json.loads(meta_path.read_text())
-        if sha256_digest(blob) == meta["digest"]:
-            return blob, meta["diff_id"]
-    raw = tar_tree(root)
-    blob = gzip_deterministic(raw)
-    diff_id = sha256_digest(raw)
-    meta_json = canonical_json({"digest": sha256_digest(blob), "diff_id": diff_id})
-    for path, data in ((blob_path, blob), (meta_path, meta_json)):
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return blob, diff_id
+    return cached_layer(key, lambda: tar_tree(root))
 
 
 def corral_layer(source: Path = REPO_ROOT / "corral") -> tuple[bytes, str]:

@@ -36,6 +36,7 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed.daemons import TestbedError, machine_lock
@@ -144,6 +145,11 @@ def tar_entry(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") 
 
 def build_layer(deb: Path) -> bytes:
     """The gzip'd, deterministic rootfs layer for one busybox-static .deb."""
+    return gzip_deterministic(layer_tar(deb))
+
+
+def layer_tar(deb: Path) -> bytes:
+    """The uncompressed, deterministic rootfs tar for one busybox-static .deb."""
     with tempfile.TemporaryDirectory(prefix="corral-bb-") as tmp:
         subprocess.run(["dpkg", "-x", str(deb), tmp], check=True)
         busybox = (Path(tmp) / "bin" / "busybox").read_bytes()
@@ -169,7 +175,7 @@ def build_layer(deb: Path) -> bytes:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for info, content in entries:
             tar.addfile(info, io.BytesIO(content) if content is not None else None)
-    return gzip_deterministic(raw.getvalue())
+    return raw.getvalue()
 
 
 def gzip_deterministic(raw: bytes) -> bytes:
@@ -180,9 +186,9 @@ def gzip_deterministic(raw: bytes) -> bytes:
     return out.getvalue()
 
 
-def _cached_layer(deb: Path, rebuild: bool) -> tuple[bytes, str]:
-    """(gzip'd layer, diff_id) for ``deb``, from the on-disk cache unless ``rebuild``."""
-    key = hashlib.sha256(deb.read_bytes() + _LAYOUT_VERSION.encode()).hexdigest()[:24]
+def cached_layer(key: str, build: Callable[[], bytes], rebuild: bool = False) -> tuple[bytes, str]:
+    """(gzip'd layer, diff_id) cached on disk under ``key``; ``build`` makes the
+    uncompressed tar when the cache misses (or ``rebuild``), and the result is kept."""
     layers = CACHE_DIR / "layers"
     layers.mkdir(parents=True, exist_ok=True)
     blob_path, meta_path = layers / f"{key}.tar.gz", layers / f"{key}.json"
@@ -191,14 +197,21 @@ def _cached_layer(deb: Path, rebuild: bool) -> tuple[bytes, str]:
         meta = json.loads(meta_path.read_text())
         if sha256_digest(blob) == meta["digest"]:
             return blob, meta["diff_id"]
-    blob = build_layer(deb)
-    diff_id = sha256_digest(gzip.decompress(blob))
+    raw = build()
+    blob = gzip_deterministic(raw)
+    diff_id = sha256_digest(raw)
     meta_json = canonical_json({"digest": sha256_digest(blob), "diff_id": diff_id})
     for path, data in ((blob_path, blob), (meta_path, meta_json)):
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return blob, diff_id
+
+
+def _cached_layer(deb: Path, rebuild: bool) -> tuple[bytes, str]:
+    """(gzip'd layer, diff_id) for ``deb``, from the on-disk cache unless ``rebuild``."""
+    key = hashlib.sha256(deb.read_bytes() + _LAYOUT_VERSION.encode()).hexdigest()[:24]
+    return cached_layer(key, lambda: layer_tar(deb), rebuild)
 
 
 # ---------------------------------------------------------------- registry client
