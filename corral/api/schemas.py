@@ -93,9 +93,7 @@ class ServiceCreate(Strict):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v: list[str]) -> list[str]:
-        for expr in v:
-            cons.parse(expr)  # raises ConstraintError (a ValueError) with the reason
-        return [str(cons.parse(expr)) for expr in v]
+        return [str(cons.parse(expr)) for expr in v]  # ConstraintError (a ValueError) says why
 
     @model_validator(mode="after")
     def _ports_unique(self) -> ServiceCreate:

@@ -156,20 +156,22 @@ class ServiceController:
             missing = max(0, service.replicas - len(kept))
             slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
             result = plan(req, snapshot(hosts, services, everything, exclude=set(remove)), slots)
-        add = [self._new_instance(service, p, hosts[p.host_id]) for p in result.placements]
+        resolved = ResolvedImage.from_dict(service.resolution) if service.resolution is not None else None
+        add = [self._new_instance(service, resolved, p, hosts[p.host_id]) for p in result.placements]
         if not add and not remove and service.pending_reason == result.reason and \
                 (replicas is None or replicas == service.replicas):
             return []
         return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas)
 
     @staticmethod
-    def _new_instance(service: ServiceRow, p: Placement, host: HostRow) -> NewInstance:
+    def _new_instance(service: ServiceRow, resolved: ResolvedImage | None, p: Placement,
+                      host: HostRow) -> NewInstance:
         iid = new_id()
         image = service.spec["image"]
         platform = host.platform
-        if p.choice is not None and service.resolution is not None:
+        if p.choice is not None and resolved is not None:
             platform = str(p.choice.platform)
-            image = ResolvedImage.from_dict(service.resolution).pull_reference(p.choice.platform) or image
+            image = resolved.pull_reference(p.choice.platform) or image
         return NewInstance(host_id=host.id, slot=p.slot, spec=instance_spec(service, p.slot, iid, image),
                            platform=platform, emulated=p.choice is not None and p.choice.kind == "emulated")
 
