@@ -61,6 +61,7 @@ class InstanceSpec:
     ports: list[PortSpec] = field(default_factory=list)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     labels: dict[str, str] = field(default_factory=dict)
+    gpus: int = 0  # nvidia.com/gpu reserved for it: passed to the engine as a device request
     # credentials for pulling `image`; added by the server when it serves the desired
     # set to the host, never stored with the instance
     registry_auth: dict[str, str] | None = None
@@ -70,6 +71,8 @@ class InstanceSpec:
         body = self.to_dict()
         body.pop("restart")  # the agent applies it; changing it needs no new container
         body.pop("registry_auth")
+        if not body["gpus"]:  # added later: leave the hash of older specs as it was
+            body.pop("gpus")
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -89,6 +92,7 @@ class InstanceSpec:
             ports=[PortSpec(**p) for p in data.get("ports") or []],
             restart=RestartPolicy(**(data.get("restart") or {})),
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            gpus=int(data.get("gpus") or 0),
             registry_auth=dict(data["registry_auth"]) if data.get("registry_auth") else None,
         )
 

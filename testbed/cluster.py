@@ -119,6 +119,7 @@ class AgentProc:
     name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     netns: Any = None  # a testbed.netns.NetnsHost, or None for the root namespace
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,7 +133,7 @@ class AgentProc:
             argv += ["--name", self.name]
         for k, v in self.labels.items():
             argv += ["--label", f"{k}={v}"]
-        return argv
+        return argv + self.extra_args
 
     def start(self) -> AgentProc:
         log = open(self.log_path, "ab")

@@ -1,12 +1,15 @@
 """The agent process: a few threads around one reconciler.
 
-    channel   long-polls the server for this host's desired set (and log requests)
-    reporter  heartbeats every interval (jittered) and pushes status changes at once
+    channel   long-polls the server for this host's desired set (and log requests);
+              each poll lasts one heartbeat interval and is the heartbeat
+    reporter  pushes instance status and fact changes as they happen
     events    follows the engine's events for owned containers, to react to exits
     main      runs reconcile passes when something changed, or every few seconds
 
-Facts go up only when they change; instance statuses only when they change (a
-full set after each reconnect), so an idle host's heartbeat is a few bytes.
+So an idle host sends one small request per heartbeat interval and nothing
+else.  Facts go up in full after each (re)connect and then as a patch of the
+keys that changed; instance statuses only when they change (a full set after
+each reconnect).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ FACTS_EVERY = 60.0
 
 class Agent:
     def __init__(self, session: ServerSession, docker: DockerClient, state: StateDir, host_id: str,
-                 labels: dict[str, str], hostname: str | None = None, heartbeat: float = 10.0) -> None:
+                 labels: dict[str, str], hostname: str | None = None, heartbeat: float = 10.0,
+                 fake_gpus: int = 0) -> None:
         self.session = session
         self.docker = docker
         self.state = state
@@ -41,6 +45,7 @@ class Agent:
         self.labels = labels
         self.hostname = hostname
         self.heartbeat = heartbeat
+        self.fake_gpus = fake_gpus
         self._stop = threading.Event()
         self._wake_reconcile = threading.Event()
         self._wake_report = threading.Event()
@@ -49,7 +54,8 @@ class Agent:
         self._facts_sent: dict[str, Any] | None = None
         self._facts: dict[str, Any] = {}
         self._facts_at = 0.0
-        self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed, on_work_done=self.poke)
+        self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed, on_work_done=self.poke,
+                                     fake_gpus=fake_gpus > 0)
         self.logs = LogSender(session, docker, host_id)
         saved = state.desired()
         if saved is not None:
@@ -116,9 +122,11 @@ class Agent:
         backoff = 1.0
         while not self._stop.is_set():
             try:
+                wait = max(1, round(self.heartbeat))
                 body = self.session.call("GET", f"/api/v1/agent/channel?revision={self.reconciler.desired.revision}"
-                                         "&wait=25", timeout=40)
+                                         f"&wait={wait}", timeout=wait + 15)
                 backoff = 1.0
+                self.heartbeat = float(body.get("heartbeat_interval", self.heartbeat))
             except (Unreachable, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status in (401, 403):
                     log.error("server refused this host's credential (%s); keeping containers as they are", exc)
@@ -137,27 +145,30 @@ class Agent:
     def _current_facts(self) -> dict[str, Any]:
         now = time.time()
         if now - self._facts_at >= FACTS_EVERY or not self._facts:
-            self._facts = facts_mod.collect_facts(self.docker, self.labels, self.hostname)
+            gpus = fake_gpus(self.fake_gpus) if self.fake_gpus else None
+            self._facts = facts_mod.collect_facts(self.docker, self.labels, self.hostname, gpus=gpus)
             self._facts_at = now
         return self._facts
 
     def _report_loop(self) -> None:
         sent: dict[str, Any] = {}
-        next_beat = 0.0
-        retry_at = 0.0  # after a failed report, changes wait for this too (no hot loop while offline)
+        retry_at = 0.0  # after a failed report, changes wait for this (no hot loop while offline)
         backoff = 1.0
         while not self._stop.is_set():
             now = time.time()
             facts = self._current_facts()
             statuses = {s.instance_id: s.to_dict() for s in self.reconciler.statuses()}
             changed = [v for k, v in statuses.items() if sent.get(k) != v]
-            if (not changed and now < next_beat) or now < retry_at:
-                self._wake_report.wait(max(0.0, (next_beat if now >= retry_at else retry_at) - now))
+            if (not changed and facts == self._facts_sent) or now < retry_at:
+                due = retry_at if now < retry_at else self._facts_at + FACTS_EVERY
+                self._wake_report.wait(max(0.05, due - now))
                 self._wake_report.clear()
                 continue
             body: dict[str, Any] = {"revision": self.reconciler.desired.revision}
-            if facts != self._facts_sent:
+            if self._facts_sent is None:
                 body["facts"] = facts
+            elif facts != self._facts_sent:
+                body["facts_patch"] = facts_patch(self._facts_sent, facts)
             if changed:
                 body["instances"] = changed
             try:
@@ -167,12 +178,11 @@ class Agent:
                 self.heartbeat = float(reply.get("heartbeat_interval", self.heartbeat))
                 backoff = 1.0
             except (Unreachable, ServerError) as exc:
-                log.debug("heartbeat failed: %s", exc)
+                log.debug("status report failed: %s", exc)
                 sent = {}  # after the link returns, send everything again
                 self._facts_sent = None
                 retry_at = time.time() + min(backoff, self.heartbeat)
                 backoff = min(backoff * 2, 30.0)
-            next_beat = time.time() + self.heartbeat * random.uniform(0.9, 1.1)
 
     # -- engine events ----------------------------------------------------------
 
@@ -188,3 +198,16 @@ class Agent:
             except (DockerError, OSError) as exc:
                 log.debug("engine events: %s", exc)
             self._stop.wait(1.0)
+
+
+def facts_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level keys whose values changed; a key that disappeared maps to None."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update((k, None) for k in old if k not in new)
+    return patch
+
+
+def fake_gpus(count: int) -> list[dict[str, Any]]:
+    """GPUs that exist only in the facts: for test beds without GPUs, and named as such."""
+    return [{"index": i, "name": "fake GPU (test bed)", "uuid": f"GPU-fake-{i}", "memory_bytes": 0}
+            for i in range(count)]

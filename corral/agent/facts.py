@@ -48,6 +48,7 @@ __all__ = [
     "parse_binfmt_entry",
     "parse_cgroup_mounts",
     "parse_cpu_max",
+    "parse_engine_labels",
     "parse_meminfo",
     "parse_nvidia_smi",
     "parse_os_release",
@@ -55,6 +56,7 @@ __all__ = [
     "probe_cpus",
     "probe_docker",
     "probe_emulated_platforms",
+    "probe_engine_extras",
     "probe_gpus",
     "probe_memory_bytes",
     "probe_os",
@@ -460,6 +462,27 @@ def probe_docker(docker: DockerClient | None) -> dict[str, Any]:
     }
 
 
+def parse_engine_labels(items: list[str] | None) -> dict[str, str]:
+    """``docker info`` Labels (``["zone=edge", "storage=ssd"]``) as a mapping; ``KEY`` alone maps to ``""``."""
+    labels = {}
+    for item in items or ():
+        key, _, value = str(item).partition("=")
+        if key:
+            labels[key] = value
+    return labels
+
+
+def probe_engine_extras(docker: DockerClient | None) -> tuple[dict[str, str], list[str]]:
+    """The engine's labels (for ``engine.labels.*`` constraints) and the image digests it holds
+    (for image locality); empty when the engine does not answer."""
+    if docker is None:
+        return {}, []
+    try:
+        return parse_engine_labels(docker.info().get("Labels")), docker.image_digests()
+    except (DockerError, OSError, ValueError, AttributeError):
+        return {}, []
+
+
 def collect_facts(
     docker: DockerClient | None,
     labels: dict[str, str],
@@ -482,6 +505,7 @@ def collect_facts(
     platform = agent_platform(machine)
     engine = probe_docker(docker)
     engine_platform = engine.get("platform")
+    engine_labels, images = probe_engine_extras(docker) if "error" not in engine else ({}, [])
     return {
         "hostname": hostname or socket.gethostname(),
         "platform": platform,
@@ -495,6 +519,8 @@ def collect_facts(
         "docker": engine,
         "engine_platform": engine_platform,
         "platform_mismatch": engine_platform is not None and engine_platform != platform,
+        "engine_labels": engine_labels,
+        "images": images,
         "labels": dict(labels),
         "agent_version": corral.__version__,
     }

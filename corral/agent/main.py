@@ -16,7 +16,7 @@ from pathlib import Path
 
 from corral import tokens
 from corral.agent import facts as facts_mod
-from corral.agent.agent import Agent
+from corral.agent.agent import Agent, fake_gpus
 from corral.agent.runtime.docker import DockerClient
 from corral.agent.session import ServerError, ServerSession, Unreachable
 from corral.agent.state import Credential, StateDir
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="host label, set when joining")
     p.add_argument("--name", help="host name to report (default: the system hostname)")
+    p.add_argument("--test-fake-gpus", type=int, default=int(os.environ.get("CORRAL_TEST_FAKE_GPUS", "0")),
+                   metavar="N", help="test beds only: report N GPUs named 'fake GPU (test bed)' instead of probing")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -59,7 +61,9 @@ def join(args: argparse.Namespace, state: StateDir, docker: DockerClient, labels
     except (tokens.TokenError, OSError) as exc:
         raise SystemExit(f"corral agent: cannot join {args.server}: {exc}") from None
     session = ServerSession(args.server, ca_pem)
-    body = {"facts": facts_mod.collect_facts(docker, labels, args.name), "labels": labels, "name": args.name}
+    gpus = fake_gpus(args.test_fake_gpus) if args.test_fake_gpus else None
+    body = {"facts": facts_mod.collect_facts(docker, labels, args.name, gpus=gpus), "labels": labels,
+            "name": args.name}
     try:
         reply = session.call("POST", "/api/v1/agent/register", body, token=args.token)
     except (ServerError, Unreachable) as exc:
@@ -79,7 +83,8 @@ def run(argv: list[str]) -> int:
     cred = state.credential() or join(args, state, docker, labels)
     server = args.server or cred.server
     session = ServerSession(server, cred.ca_pem, cred.token)
-    agent = Agent(session, docker, state, cred.host_id, labels, hostname=args.name or socket.gethostname())
+    agent = Agent(session, docker, state, cred.host_id, labels, hostname=args.name or socket.gethostname(),
+                  fake_gpus=args.test_fake_gpus)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log.info("agent for host %s talking to %s (engine %s)", cred.host_id, server, args.docker_host)

@@ -42,8 +42,9 @@ def parse_docker_time(text: str) -> float:
 class Reconciler:
     def __init__(self, docker: DockerClient, host_id: str, on_change: Callable[[], None],
                  clock: Callable[[], float] = time.time, workers: int = 4,
-                 on_work_done: Callable[[], None] | None = None) -> None:
+                 on_work_done: Callable[[], None] | None = None, fake_gpus: bool = False) -> None:
         self.docker = docker
+        self.fake_gpus = fake_gpus  # test beds: GPUs exist only in the facts, so none are requested
         self.host_id = host_id
         self._on_change = on_change
         self._on_work_done = on_work_done or (lambda: None)
@@ -224,8 +225,12 @@ class Reconciler:
                   model.LABEL_INSTANCE: spec.id, model.LABEL_SERVICE: spec.service,
                   model.LABEL_SPEC: spec.spec_hash()}
         self._report(spec.id, model.STARTING)
-        cid = self.docker.create_container(spec.name, spec.image, command=spec.command, env=spec.env,
-                                           labels=labels, ports=spec.ports)
+        env = dict(spec.env)
+        if spec.gpus:
+            env.setdefault("CORRAL_GPUS", str(spec.gpus))
+        cid = self.docker.create_container(spec.name, spec.image, command=spec.command, env=env,
+                                           labels=labels, ports=spec.ports,
+                                           gpus=0 if self.fake_gpus else spec.gpus)
         try:
             self.docker.start(cid)
         except DockerError as exc:

@@ -3,7 +3,9 @@
 The agent dials out; the server never connects to it.  The channel is a long
 poll: the agent sends the revision it holds and the server answers as soon as
 the host's revision differs (with the whole desired set) or a log request is
-waiting, or after ``wait`` seconds with nothing new.
+waiting, or after ``wait`` seconds with nothing new.  Each poll is also the
+host's heartbeat (the agent waits one heartbeat interval per poll), so an idle
+host costs one request per interval; status reports go only on change.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def register(body: Register, state: ServerState = Depends(server_state)) -> dict
     secret = tokens.new_secret()
     name = body.name or str(body.facts.get("hostname") or "host")
     host = state.store.create_host(name, body.facts, body.labels, tokens.hash_secret(secret))
-    state.services.reconcile_all()
+    state.services.kick()  # global services follow joins; a burst of joins is one pass
     return {
         "host_id": host.id,
         "credential": str(tokens.Token(tokens.HOST, host.id, secret)),
@@ -44,9 +46,10 @@ def status(body: Heartbeat, host: HostRow = Depends(require_host),
            state: ServerState = Depends(server_state)) -> dict[str, Any]:
     statuses = [InstanceStatus.from_dict(s.model_dump()) for s in body.instances or []]
     with store_errors():
-        came_back = state.store.heartbeat(host.id, body.facts, statuses)
+        came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch)
+    state.monitor.seen(host.id)
     if came_back:
-        state.services.reconcile_all()
+        state.services.kick()
     return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
 
 
@@ -54,19 +57,22 @@ def status(body: Heartbeat, host: HostRow = Depends(require_host),
 async def channel(revision: int = Query(default=-1), wait: float = Query(default=25.0, ge=0, le=120),
                   host: HostRow = Depends(require_host),
                   state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    state.monitor.seen(host.id)  # the poll is the heartbeat
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    interval = state.heartbeat_interval
     while True:
         seen = state.notifier.seq(host.id)
         current = await run_in_threadpool(state.store.host_revision, host.id)
         if current != revision or state.logs.has_pending(host.id):
-            body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id)}
+            body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id),
+                                    "heartbeat_interval": interval}
             if current != revision:
                 body["desired"] = await run_in_threadpool(_desired_with_auth, state, host.id)
             return body
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return {"revision": current, "log_requests": []}
+            return {"revision": current, "log_requests": [], "heartbeat_interval": interval}
         # Wake on notify; re-read the store now and then in case another server replica wrote.
         await state.notifier.wait(host.id, seen, min(remaining, 5.0))
 

@@ -138,6 +138,7 @@ class StatusIn(Strict):
 
 class Heartbeat(Strict):
     facts: dict[str, Any] | None = None
+    facts_patch: dict[str, Any] | None = None  # changed top-level keys; None removes a key
     instances: list[StatusIn] | None = None
     revision: int = 0
 

@@ -1,4 +1,12 @@
-"""Host monitor: marks hosts down after missed heartbeats.
+"""Host monitor: who is alive, and who has gone silent.
+
+Agents prove they are alive with every request (each channel long-poll is a
+heartbeat).  Recording that in the database on every request would be the
+busiest write of a large fleet, so :meth:`HostMonitor.seen` only notes the
+time in memory, and :meth:`HostMonitor.check` (once a second) writes the
+batch in one transaction, then marks down the hosts not heard from for
+``down_after``.  Other server replicas read the same ``last_seen`` column, so
+a host polling one replica is alive for all of them, a second late at most.
 
 A server that just started has heard from nobody yet, so it waits one full
 ``down_after`` period before judging: a restart of the server must not mark
@@ -7,7 +15,16 @@ every host down.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+
 from corral.store.store import Store
+
+
+@dataclass(frozen=True)
+class HostChanges:
+    down: list[str]
+    back: list[str]
 
 
 class HostMonitor:
@@ -15,10 +32,21 @@ class HostMonitor:
         self._store = store
         self.down_after = down_after
         self._started = store.clock()
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
 
-    def check(self) -> list[str]:
-        """Mark silent hosts down; return their ids."""
+    def seen(self, host_id: str) -> None:
+        """The host just spoke to us (cheap: memory only until the next check)."""
+        now = self._store.clock()
+        with self._lock:
+            self._seen[host_id] = now
+
+    def check(self) -> HostChanges:
+        """Write who was seen; mark silent hosts down."""
+        with self._lock:
+            batch, self._seen = self._seen, {}
+        back = self._store.touch_hosts(batch)
         now = self._store.clock()
         if now - self._started < self.down_after:
-            return []
-        return self._store.mark_down(now - self.down_after)
+            return HostChanges([], back)
+        return HostChanges(self._store.mark_down(now - self.down_after), back)

@@ -7,8 +7,18 @@ where missing instances go (each host gets the image build for its platform,
 pinned by digest); (4) applies the result in one transaction that also bumps
 the revisions of the hosts it touched, then wakes those hosts' agents.
 
-Reconciles are serialised by one lock, so two requests never place the same
-slot twice; the registry is asked outside that lock.  A registry that is down
+Plan and apply: the controller reads the cluster revision *before* the rows
+it plans on, and the store applies the plan only if the revision is still
+the same; otherwise (another server replica, or any change in between) it
+reads again and replans, a bounded number of times.  So concurrent changes
+never over-commit a host or place a slot twice, and a retried reconcile finds
+nothing left to do.  Within one process reconciles are also serialised by a
+lock, which only saves wasted plans; the registry is asked outside it.
+
+``reconcile_all`` reads the fleet once per pass and skips the pass entirely
+when the cluster revision has not moved since the last pass that found
+nothing to do (and no image is waiting for its registry): the idle cost of a
+large fleet is one small query every few seconds.  A registry that is down
 or an image that does not exist leaves the service pending with the reason
 (retried by the periodic reconcile), never half-deployed.  Instances on a
 host that is down are kept: rescheduling after a grace period is the
@@ -17,9 +27,11 @@ lifecycle controller's job, not this one's.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from corral.images import ImageError, ResolvedImage
@@ -35,7 +47,7 @@ from corral.scheduler.model import (
 )
 from corral.scheduler.placement import plan, plan_global, request_from_spec
 from corral.scheduler.platforms import host_platforms
-from corral.store.store import NewInstance, NotFoundError, Store, new_id
+from corral.store.store import NewInstance, NotFoundError, StaleRevision, Store, new_id
 from corral.store.tables import HostRow, InstanceRow, ServiceRow
 
 
@@ -73,7 +85,8 @@ def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instanc
             labels=h.labels, capacity=capacity_from_facts(h.facts), allocated=allocated,
             ports_in_use=frozenset((p["published"], p.get("protocol", "tcp"))
                                    for inst in mine for p in inst.spec.get("ports") or []),
-            service_counts=Counter(services[i.service_id].name for i in mine), platform=h.platform))
+            service_counts=Counter(services[i.service_id].name for i in mine), platform=h.platform,
+            engine_labels=h.facts.get("engine_labels") or {}, images=frozenset(h.facts.get("images") or ())))
     return Snapshot(tuple(snaps))
 
 
@@ -90,7 +103,33 @@ def instance_spec(service: ServiceRow, slot: int, instance_id: str, image: str) 
         ports=[PortSpec(**p) for p in spec.get("ports") or []],
         restart=RestartPolicy(**(spec.get("restart") or {})),
         labels=dict(spec.get("labels") or {}),
+        gpus=int(parse_resources(spec.get("reservations")).generic.get("nvidia.com/gpu", 0)),
     )
+
+
+log = logging.getLogger("corral.controllers")
+
+MAX_ATTEMPTS = 5  # replans after a stale revision before giving up until the next pass
+
+
+@dataclass
+class Fleet:
+    """The rows a plan is computed on, read after ``revision``."""
+
+    revision: int
+    hosts: dict[str, HostRow]
+    services: dict[str, ServiceRow]
+    instances: list[InstanceRow]
+    _snapshots: dict[frozenset[str], Snapshot] = field(default_factory=dict)
+
+    def snapshot(self, exclude: set[str]) -> Snapshot:
+        key = frozenset(exclude)
+        if key not in self._snapshots:
+            self._snapshots[key] = snapshot(self.hosts, self.services, self.instances, exclude)
+        return self._snapshots[key]
+
+    def service(self, name: str) -> ServiceRow | None:
+        return next((s for s in self.services.values() if s.name == name), None)
 
 
 class ServiceController:
@@ -100,15 +139,45 @@ class ServiceController:
         self._notify = notify
         self._images = images
         self._lock = threading.Lock()
+        self._clean_revision: int | None = None  # nothing was left to do at this revision
+        self.on_kick: Callable[[], None] | None = None  # set by the server's reconcile loop
+
+    def kick(self) -> None:
+        """Ask for a reconcile pass soon (hosts joined or came back); without a loop, run it now."""
+        if self.on_kick is not None:
+            self.on_kick()
+        else:
+            self.reconcile_all()
+
+    def _read(self) -> Fleet:
+        revision = self._store.cluster_revision()  # first: rows newer than it only make a plan stale
+        return Fleet(revision, {h.id: h for h in self._store.list_hosts()},
+                     {s.id: s for s in self._store.list_services()}, self._store.list_instances())
 
     def snapshot(self) -> Snapshot:
         """The scheduler's view of the fleet now (for submit-time checks)."""
-        return snapshot({h.id: h for h in self._store.list_hosts()},
-                        {s.id: s for s in self._store.list_services()}, self._store.list_instances(), set())
+        return self._read().snapshot(set())
 
     def reconcile_all(self) -> None:
-        for service in self._store.list_services():
-            self.reconcile(service.name)
+        services = self._store.list_services()
+        revision = self._store.cluster_revision()
+        if self._images is not None:
+            waiting = [s for s in services if s.resolution is None]
+            if not waiting and revision == self._clean_revision:
+                return
+            for service in waiting:
+                self._resolve(service)
+        with self._lock:
+            fleet = self._read()
+            changed_any = False
+            for service in sorted(fleet.services.values(), key=lambda s: s.name):
+                if self._images is not None and service.resolution is None:
+                    continue
+                changed, fleet = self._place_retrying(service.name, fleet)
+                changed_any = changed_any or changed is None or bool(changed)
+                if changed:
+                    self._notify(changed)
+            self._clean_revision = None if changed_any else fleet.revision
 
     def reconcile(self, name: str) -> None:
         try:
@@ -118,8 +187,9 @@ class ServiceController:
         if service.resolution is None and self._images is not None and not self._resolve(service):
             return
         with self._lock:
-            changed = self._place(name)
-        self._notify(changed)
+            changed, _ = self._place_retrying(name, self._read())
+        if changed:
+            self._notify(changed)
 
     def _resolve(self, service: ServiceRow) -> bool:
         try:
@@ -131,20 +201,28 @@ class ServiceController:
         self._store.set_resolution(service.id, resolved.to_dict())
         return True
 
-    def _place(self, name: str) -> list[str]:
-        try:
-            service = self._store.get_service(name)
-        except NotFoundError:
+    def _place_retrying(self, name: str, fleet: Fleet) -> tuple[list[str] | None, Fleet]:
+        """Plan and apply one service; returns (hosts changed or None if it gave up, fleet to go on with)."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                changed = self._place(name, fleet)
+            except StaleRevision:
+                fleet = self._read()
+                continue
+            return changed, (self._read() if changed else fleet)
+        log.warning("service %s: the cluster kept changing during %d plans; retrying later", name, MAX_ATTEMPTS)
+        return None, self._read()
+
+    def _place(self, name: str, fleet: Fleet) -> list[str]:
+        service = fleet.service(name)
+        if service is None:
             return []
-        hosts = {h.id: h for h in self._store.list_hosts()}
-        services = {s.id: s for s in self._store.list_services()}
-        everything = self._store.list_instances()
-        instances = [i for i in everything if i.service_id == service.id]
+        hosts = fleet.hosts
+        instances = [i for i in fleet.instances if i.service_id == service.id]
         req = service_request(service)
         replicas: int | None = None
         if req.mode == "global":
-            snap = snapshot(hosts, services, everything, exclude=set())
-            result = plan_global(req, snap, max((i.slot for i in instances), default=0) + 1)
+            result = plan_global(req, fleet.snapshot(set()), max((i.slot for i in instances), default=0) + 1)
             remove = self._not_eligible(instances, set(result.eligible), hosts)
             replicas = len(result.eligible)
         else:
@@ -155,13 +233,14 @@ class ServiceController:
             used = {i.slot for i in kept}
             missing = max(0, service.replicas - len(kept))
             slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
-            result = plan(req, snapshot(hosts, services, everything, exclude=set(remove)), slots)
+            result = plan(req, fleet.snapshot(set(remove)), slots)
         resolved = ResolvedImage.from_dict(service.resolution) if service.resolution is not None else None
         add = [self._new_instance(service, resolved, p, hosts[p.host_id]) for p in result.placements]
         if not add and not remove and service.pending_reason == result.reason and \
                 (replicas is None or replicas == service.replicas):
             return []
-        return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas)
+        return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas,
+                                              expect_revision=fleet.revision)
 
     @staticmethod
     def _new_instance(service: ServiceRow, resolved: ResolvedImage | None, p: Placement,

@@ -398,11 +398,13 @@ def plan_global(request: ServiceRequest, snapshot: Snapshot, first_free_slot: in
     name = req.name
     idx = static_index(snapshot)
     st = idx.feasibility(req, hosts)
-    fits = _usable(st)
     hard_aff = [a.expr for a in req.affinities if a.target == "service" and a.hard and not a.anti
                 and a.expr != name]
     existing, runs = _existing(snapshot, name, hard_aff)
     allowed = set.intersection(*(runs[t] for t in hard_aff)) if hard_aff else None
+    # emulated hosts are left out only if a native host passes the hard affinities too
+    fits = [f for f in st.fits if not f.emulated and (allowed is None or not allowed.isdisjoint(f.members))] \
+        or list(st.fits)
     choice_of = {f.cls.id: f.choice for f in fits}
     positions = sorted((p for f in fits for p in f.members if allowed is None or p in allowed),
                        key=idx.rank.__getitem__)

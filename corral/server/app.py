@@ -20,9 +20,15 @@ log = logging.getLogger("corral.server")
 def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.notifier.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        state.notifier.bind(loop)
+        kicked = asyncio.Event()
+        def kick() -> None:
+            loop.call_soon_threadsafe(kicked.set)
+
+        state.services.on_kick = kick
         tasks = [asyncio.create_task(_every(1.0, _check_hosts, state)),
-                 asyncio.create_task(_every(reconcile_every, state.services.reconcile_all))]
+                 asyncio.create_task(_reconcile_loop(state, kicked, reconcile_every))]
         try:
             yield
         finally:
@@ -37,9 +43,24 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
 
 def _check_hosts(state: ServerState) -> None:
-    down = state.monitor.check()
-    if down:
-        log.warning("hosts down (missed heartbeats): %s", ", ".join(down))
+    changes = state.monitor.check()
+    if changes.down:
+        log.warning("hosts down (missed heartbeats): %s", ", ".join(changes.down))
+    if changes.back:
+        log.info("hosts back: %s", ", ".join(changes.back))
+        state.services.kick()
+
+
+async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: float) -> None:
+    """Reconcile every service every ``seconds``, or soon after a kick (bursts of kicks coalesce)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kicked.wait(), seconds)
+        kicked.clear()
+        try:
+            await run_in_threadpool(state.services.reconcile_all)
+        except Exception:  # a failing loop must not die: log and go on
+            log.exception("reconcile pass failed")
 
 
 async def _every(seconds: float, fn: object, *args: object) -> None:

@@ -6,6 +6,13 @@ the same transaction, so an agent that has revision N knows it has everything
 up to N.  On SQLite, write transactions are serialised by a process-wide lock
 (SQLite allows one writer; waiting on a Python lock is cheaper than retrying
 "database is locked").
+
+Every change that placement reads (hosts joining, leaving, going down or
+coming back, their labels, availability and capacity facts; services and
+their instances) also bumps the one *cluster revision*.  The service
+controller reads that revision before its snapshot and applies a plan only if
+it is unchanged (:meth:`Store.apply_service_plan` with ``expect_revision``);
+otherwise :class:`StaleRevision` tells it to read again and replan.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
-from corral.store.tables import HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
+from corral.store.tables import ClusterStateRow, HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
 
 
 def new_id() -> str:
@@ -35,6 +42,15 @@ class NotFoundError(LookupError):
 
 class ConflictError(ValueError):
     pass
+
+
+class StaleRevision(RuntimeError):
+    """The cluster changed after a plan was computed: read again and replan."""
+
+
+# The facts placement depends on: a change to one of these bumps the cluster revision.
+SCHEDULING_FACTS = ("platform", "emulated_platforms", "arm32", "cpus", "memory_bytes", "gpus", "docker",
+                    "engine_labels")
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,12 @@ class Store:
                       facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now)
         with self._write() as s:
             s.add(row)
+            self._changed(s)
         return row
+
+    def cluster_revision(self) -> int:
+        with self._read() as s:
+            return s.scalar(select(ClusterStateRow.revision).where(ClusterStateRow.id == 1)) or 0
 
     def list_hosts(self) -> list[HostRow]:
         with self._read() as s:
@@ -144,6 +165,7 @@ class Store:
             else:
                 labels[key] = value
             row.labels = labels
+            self._changed(s)
             return row
 
     def set_availability(self, host_id: str, availability: str) -> HostRow:
@@ -152,24 +174,36 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no host {host_id!r}")
             row.availability = availability
+            self._changed(s)
             return row
 
     def remove_host(self, host_id: str) -> None:
         with self._write() as s:
             s.execute(delete(InstanceRow).where(InstanceRow.host_id == host_id))
             s.execute(delete(HostRow).where(HostRow.id == host_id))
+            self._changed(s)
 
     def heartbeat(self, host_id: str, facts: dict[str, Any] | None,
-                  statuses: Sequence[InstanceStatus]) -> bool:
-        """Record a heartbeat; return True when the host was down and is back."""
+                  statuses: Sequence[InstanceStatus], facts_patch: dict[str, Any] | None = None) -> bool:
+        """Record a status report; return True when the host was down and is back.
+
+        ``facts`` replaces the host's facts; ``facts_patch`` changes only the keys it
+        names (a None value removes the key).
+        """
         now = self.clock()
         with self._write() as s:
             row = s.get(HostRow, host_id)
             if row is None:
                 raise NotFoundError(f"no host {host_id!r}")
+            if facts_patch:
+                merged = {**(facts if facts is not None else row.facts), **facts_patch}
+                facts = {k: v for k, v in merged.items() if v is not None}
             came_back = row.state != "ready"
             row.state = "ready"
             row.last_seen = now
+            if came_back or (facts is not None and any(facts.get(k) != row.facts.get(k)
+                                                       for k in SCHEDULING_FACTS)):
+                self._changed(s)
             if facts is not None:
                 row.facts = facts
                 row.platform = str(facts.get("platform", row.platform))
@@ -194,7 +228,23 @@ class Store:
                                                           HostRow.last_seen < last_seen_before)))
             if ids:
                 s.execute(update(HostRow).where(HostRow.id.in_(ids)).values(state="down"))
+                self._changed(s)
             return ids
+
+    def touch_hosts(self, seen: dict[str, float]) -> list[str]:
+        """Record when hosts were last heard from (one batch); return those that were down."""
+        if not seen:
+            return []
+        with self._write() as s:
+            back = list(s.scalars(select(HostRow.id).where(HostRow.id.in_(seen), HostRow.state != "ready")))
+            table = HostRow.__table__.c.id.table
+            s.connection().execute(update(table).where(table.c.id == bindparam("hid"))
+                                   .values(last_seen=bindparam("ts")),
+                                   [{"hid": k, "ts": v} for k, v in seen.items()])
+            if back:
+                s.execute(update(HostRow).where(HostRow.id.in_(back)).values(state="ready"))
+                self._changed(s)
+            return back
 
     def host_revision(self, host_id: str) -> int:
         with self._read() as s:
@@ -222,6 +272,7 @@ class Store:
             if s.scalar(select(func.count()).where(ServiceRow.name == name)):
                 raise ConflictError(f"service {name!r} already exists")
             s.add(row)
+            self._changed(s)
         return row
 
     def list_services(self) -> list[ServiceRow]:
@@ -242,6 +293,7 @@ class Store:
                 raise NotFoundError(f"no service {name!r}")
             row.replicas = replicas
             row.updated_at = self.clock()
+            self._changed(s)
             return row
 
     def delete_service(self, name: str) -> list[str]:
@@ -255,6 +307,7 @@ class Store:
             s.execute(delete(InstanceRow).where(InstanceRow.service_id == row.id))
             s.delete(row)
             self._bump(s, hosts)
+            self._changed(s)
             return hosts
 
     def set_resolution(self, service_id: str, resolution: dict[str, Any] | None,
@@ -264,6 +317,7 @@ class Store:
             if row is not None:
                 row.resolution = resolution
                 row.pending_reason = pending_reason
+                self._changed(s)
 
     def set_pending_reason(self, service_id: str, reason: str | None) -> None:
         with self._write() as s:
@@ -312,14 +366,19 @@ class Store:
             return {host_id: n for host_id, n in rows}
 
     def apply_service_plan(self, service_id: str, add: Iterable[NewInstance], remove: Iterable[str],
-                           pending_reason: str | None, replicas: int | None = None) -> list[str]:
+                           pending_reason: str | None, replicas: int | None = None,
+                           expect_revision: int | None = None) -> list[str]:
         """Add and remove a service's instances in one transaction.
 
+        With ``expect_revision``, the change is made only if the cluster revision
+        is still that (else :class:`StaleRevision`, and nothing changes).
         Returns the hosts whose desired sets changed (their revisions are bumped).
         """
         now = self.clock()
         add, remove = list(add), list(remove)
         with self._write() as s:
+            if add or remove:
+                self._changed(s, expect_revision)
             svc = s.get(ServiceRow, service_id)
             if svc is None:  # deleted meanwhile: nothing to do
                 return []
@@ -344,6 +403,15 @@ class Store:
         """Make these hosts fetch their desired sets again (e.g. new pull credentials)."""
         with self._write() as s:
             self._bump(s, host_ids)
+
+    @staticmethod
+    def _changed(s: Session, expect: int | None = None) -> None:
+        """Bump the cluster revision; with ``expect``, only from that value (row-locked on PostgreSQL)."""
+        stmt = update(ClusterStateRow).where(ClusterStateRow.id == 1).values(revision=ClusterStateRow.revision + 1)
+        if expect is not None:
+            stmt = stmt.where(ClusterStateRow.revision == expect)
+        if s.execute(stmt).rowcount != 1 and expect is not None:  # type: ignore[attr-defined]
+            raise StaleRevision(f"the cluster changed (revision is no longer {expect})")
 
     @staticmethod
     def _bump(s: Session, host_ids: Sequence[str]) -> None:

@@ -97,3 +97,12 @@ class RegistryCredentialRow(Base):
     username: Mapped[str] = mapped_column(String(255))
     password: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ClusterStateRow(Base):
+    """One row (id 1): the revision of everything placement depends on."""
+
+    __tablename__ = "cluster_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)

@@ -92,7 +92,8 @@ class Cluster:
 
 
 def start_cluster(tmp: Path, netns_host_factory: Callable[[str, list[int]], NetnsHost], prefix: str,
-                  count: int, registry: str, labels: list[dict[str, str]] | None = None) -> Cluster:
+                  count: int, registry: str, labels: list[dict[str, str]] | None = None,
+                  agent_args: list[list[str]] | None = None) -> Cluster:
     server = ServerProc(tmp / "server", extra_args=SERVER_ARGS).start()
     cluster = Cluster(server)
     join = server.join_token()
@@ -101,7 +102,8 @@ def start_cluster(tmp: Path, netns_host_factory: Callable[[str, list[int]], Netn
         name = f"{prefix}{i + 1}"
         host = netns_host_factory(name, [server.port, registry_port])
         agent = AgentProc(server.url, join, tmp / f"agent-{name}", docker_host=host.docker_host, name=name,
-                          labels=(labels or [{}] * count)[i], netns=host).start()
+                          labels=(labels or [{}] * count)[i], netns=host,
+                          extra_args=(agent_args or [[]] * count)[i]).start()
         cluster.nodes.append(Node(host, agent))
     for node in cluster.nodes:
         node.host_id = node.agent.host_id()
@@ -123,7 +125,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, netns_host_factory: Any, r
     prefix = getattr(request.module, "HOST_PREFIX", "e2e")
     count = getattr(request.module, "HOST_COUNT", 3)
     labels = getattr(request.module, "HOST_LABELS", None)
-    c = start_cluster(tmp_path_factory.mktemp(prefix), netns_host_factory, prefix, count, registry, labels)
+    agent_args = getattr(request.module, "HOST_AGENT_ARGS", None)
+    c = start_cluster(tmp_path_factory.mktemp(prefix), netns_host_factory, prefix, count, registry, labels,
+                      agent_args)
     try:
         yield c
     finally:

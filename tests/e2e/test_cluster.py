@@ -20,6 +20,8 @@ pytestmark = pytest.mark.e2e
 HOST_PREFIX = "e2e"
 HOST_COUNT = 3
 HOST_LABELS = [{"zone": "cloud"}, {"zone": "cloud"}, {"zone": "edge"}]
+# e2e2 reports one GPU that exists only in its facts (this test bed has none), named as such
+HOST_AGENT_ARGS = [[], ["--test-fake-gpus", "1"], []]
 
 
 def when(needle: str, text: str, times: int = 1) -> str | None:
@@ -295,3 +297,25 @@ def test_hard_anti_affinity_keeps_services_apart(cluster: Cluster, busybox_image
     assert node.containers("web-apart") == []
     cluster.remove("web-apart")
     cluster.remove("db")
+
+
+def test_gpu_reservation_lands_on_the_host_with_a_gpu(cluster: Cluster, busybox_image: BuiltImage) -> None:
+    hosts = {h["name"]: h for h in cluster.hosts()}
+    assert [g["name"] for g in hosts["e2e2"]["facts"]["gpus"]] == ["fake GPU (test bed)"]
+    assert hosts["e2e1"]["facts"]["gpus"] == [] and hosts["e2e3"]["facts"]["gpus"] == []
+    gpu = {"generic": {"nvidia.com/gpu": 1}}
+    cluster.create(name="trainer", image=busybox_image.ref, replicas=2, command=["sh", "-c", "env; sleep 3600"],
+                   reservations=gpu)
+    svc = cluster.wait_running("trainer", 1)
+    assert [i["host_name"] for i in svc["instances"]] == ["e2e2"]
+    assert "nvidia.com/gpu" in (svc["pending_reason"] or ""), svc["pending_reason"]
+    node = next(n for n in cluster.nodes if n.host.name == "e2e2")
+    env = node.docker.inspect_container(node.containers("trainer")[0].id)["Config"]["Env"]
+    assert "CORRAL_GPUS=1" in env
+    # a reservation larger than any host's GPUs is refused at submit, changing nothing
+    with cluster.api() as c:
+        r = c.post("/api/v1/services", json={"name": "greedy", "image": busybox_image.ref,
+                                             "reservations": {"generic": {"nvidia.com/gpu": 2}}})
+        assert r.status_code == 422 and "nvidia.com/gpu" in r.text
+        assert c.get("/api/v1/services/greedy").status_code == 404
+    cluster.remove("trainer")

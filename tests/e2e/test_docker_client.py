@@ -621,3 +621,18 @@ def test_collect_facts_on_this_machine(client: DockerClient, binfmt: None) -> No
     assert facts["kernel"] == os.uname().release
     assert facts["os"] and facts["labels"] == {"zone": "test"}
     assert isinstance(facts["gpus"], list)
+
+
+@e2e
+def test_image_digests_name_what_the_engine_holds(client: DockerClient, image: str,
+                                                  busybox_image: BuiltImage) -> None:
+    """Pulled by tag (the index) and by a platform's manifest digest: both digests are listed."""
+    amd64 = busybox_image.digests["linux/amd64"]
+    client.pull(f"{busybox_image.repository}@{amd64}")
+    digests = client.image_digests()
+    assert busybox_image.index_digest in digests
+    assert amd64 in digests
+    assert digests == sorted(set(digests))
+    facts = collect_facts(client, {})
+    assert busybox_image.index_digest in facts["images"]
+    assert isinstance(facts["engine_labels"], dict)

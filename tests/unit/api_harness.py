@@ -33,6 +33,7 @@ class Harness:
         r = self.client.post("/api/v1/agent/register", json={"facts": facts, "labels": labels or {}},
                              headers={"Authorization": f"Bearer {self.join}"})
         assert r.status_code == 201, r.text
+        self.state.services.reconcile_all()  # what the server's loop does at once after a join
         body = r.json()
         return body["host_id"], body["credential"]
 

@@ -38,11 +38,12 @@ class FakeDocker:
 
     def create_container(self, name: str, image: str, *, command: list[str] | None = None,
                          env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
-                         ports: list[PortSpec] | None = None, **_: Any) -> str:
+                         ports: list[PortSpec] | None = None, gpus: int = 0, **_: Any) -> str:
         self._check()
         with self._lock:
             cid = f"c{next(self._ids)}"
             self.containers[cid] = {"name": name, "image": image, "labels": dict(labels or {}), "state": "created",
+                                    "env": dict(env or {}), "gpus": gpus,
                                     "exit": 0, "started": "", "finished": "", "created": next(self._ids)}
         self.calls.append(("create", name))
         return cid

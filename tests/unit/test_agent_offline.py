@@ -1,4 +1,4 @@
-"""The agent's report loop while the server is unreachable: it backs off, it does not spin."""
+"""The agent's report loop: it backs off while the server is unreachable, and an idle host is silent."""
 
 from __future__ import annotations
 
@@ -42,3 +42,38 @@ def test_reports_back_off_while_the_server_is_down(tmp_path: Path, monkeypatch: 
     assert 1 <= server.calls <= 4, f"{server.calls} report attempts in 2.5 s"
     # and nothing was stopped meanwhile
     assert [c["state"] for c in docker.containers.values()] == ["running"]
+
+
+class RecordingServer:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def call(self, method: str, path: str, body: Any = None, **_: Any) -> Any:
+        self.bodies.append(body)
+        return {"heartbeat_interval": 0.2}
+
+
+def test_reports_go_only_on_change_and_facts_as_a_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = {"platform": "linux/amd64", "images": ["sha256:1"], "gone": 1}
+    monkeypatch.setattr(agent_mod.facts_mod, "collect_facts", lambda *a, **k: dict(facts))
+    monkeypatch.setattr(agent_mod, "FACTS_EVERY", 0.3)
+    server = RecordingServer()
+    agent = agent_mod.Agent(server, FakeDocker(), StateDir(tmp_path), "host-1", {},  # type: ignore[arg-type]
+                            heartbeat=0.2)
+    t = threading.Thread(target=agent._report_loop, daemon=True)
+    t.start()
+    time.sleep(1.0)  # several heartbeat intervals and fact refreshes, nothing changes
+    assert [set(b) for b in server.bodies] == [{"revision", "facts"}]
+    facts["images"] = ["sha256:1", "sha256:2"]
+    del facts["gone"]
+    time.sleep(0.8)
+    agent.stop()
+    t.join(5)
+    assert len(server.bodies) == 2
+    assert server.bodies[1]["facts_patch"] == {"images": ["sha256:1", "sha256:2"], "gone": None}
+
+
+def test_fake_gpus_are_named_as_such() -> None:
+    gpus = agent_mod.fake_gpus(2)
+    assert [g["name"] for g in gpus] == ["fake GPU (test bed)"] * 2
+    assert len({g["uuid"] for g in gpus}) == 2

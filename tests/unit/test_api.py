@@ -222,7 +222,7 @@ def test_status_report_and_host_down_up(h: Harness) -> None:
     assert svc["running"] == 1 and svc["instances"][0]["container_id"] == "abc"
     # silence beyond down_after marks it down; a heartbeat brings it back
     h.state.monitor.down_after = 0.0
-    assert h.state.monitor.check() == [host]
+    assert h.state.monitor.check().down == [host]
     assert h.client.get(f"/api/v1/hosts/{host}", headers=h.as_admin()).json()["state"] == "down"
     assert h.client.get("/api/v1/services/web", headers=h.as_admin()).json()["running"] == 0
     h.client.post("/api/v1/agent/status", headers=auth, json={})

@@ -103,3 +103,23 @@ def test_ports_in_use_by_another_service(h: Harness) -> None:
     create(h, name="one", ports=[{"published": 8080, "target": 80}], constraints=["node.hostname==a"])
     create(h, name="two", replicas=2, ports=[{"published": 8080, "target": 80}])
     assert placed(h, "two") == {"b": 1}
+
+
+def test_image_locality_prefers_the_host_that_holds_the_build(h: Harness) -> None:
+    """Edge links are slow: a host whose agent reports the platform's digest wins a tie."""
+    from corral.images import parse_reference
+    from tests.unit.fake_images import FakeImages
+
+    digest = FakeImages().resolve(IMG).platforms[0]  # linux/amd64
+    assert digest.platform == "linux/amd64" and parse_reference(IMG)
+    for name in ("a", "b", "c"):
+        board(h, name, images=[digest.digest] if name == "c" else ["sha256:" + "0" * 64])
+    assert create(h, name="web", replicas=1).status_code == 201
+    assert placed(h, "web") == {"c": 1}
+
+
+def test_engine_labels_from_facts_feed_constraints(h: Harness) -> None:
+    board(h, "ssd", engine_labels={"storage": "ssd"})
+    board(h, "hdd", engine_labels={"storage": "hdd"})
+    assert create(h, name="db", replicas=2, constraints=["engine.labels.storage==ssd"]).status_code == 201
+    assert placed(h, "db") == {"ssd": 2}

@@ -494,6 +494,12 @@ class _FakeEngine(DockerClient):
         assert self._version is not None
         return self._version
 
+    def info(self) -> dict[str, Any]:
+        return {"Labels": ["storage=ssd", "com.example.rack=r7", "flag"]}
+
+    def image_digests(self) -> list[str]:
+        return ["sha256:" + "1" * 64]
+
 
 AMD64_ENGINE = {"Version": "20.10.24+dfsg1", "ApiVersion": "1.41", "Os": "linux", "Arch": "amd64"}
 
@@ -584,6 +590,8 @@ def test_collect_facts_on_a_fake_arm64_board(tmp_path: Path) -> None:
         },
         "engine_platform": "linux/arm64",
         "platform_mismatch": False,
+        "engine_labels": {"storage": "ssd", "com.example.rack": "r7", "flag": ""},
+        "images": ["sha256:" + "1" * 64],
         "labels": {"zone": "edge"},
         "agent_version": corral.__version__,
     }
@@ -616,6 +624,7 @@ def test_collect_facts_without_an_engine(tmp_path: Path) -> None:
         gpus=[],
     )
     assert facts["docker"] == {"error": "Docker Engine does not answer"}
+    assert facts["engine_labels"] == {} and facts["images"] == []
     assert facts["engine_platform"] is None
     assert facts["platform_mismatch"] is False
     assert facts["platform"] == "linux/arm/v7"

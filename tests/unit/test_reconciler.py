@@ -148,3 +148,20 @@ def test_engine_down_touches_nothing(env: tuple[FakeDocker, Reconciler, Clock]) 
         rec.run_once(wait=True)
     docker.down = False
     assert [c["state"] for c in docker.containers.values()] == ["running"]
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_gpu_instances_ask_the_engine_for_gpus_unless_they_are_fake(fake: bool) -> None:
+    docker = FakeDocker(images={IMG})
+    rec = Reconciler(docker, "host-1", on_change=lambda: None, fake_gpus=fake)  # type: ignore[arg-type]
+    rec.set_desired(DesiredSet(1, [spec("a", gpus=1), spec("b", 2)]))
+    rec.run_once(wait=True)
+    by_name = {c["name"]: c for c in docker.containers.values()}
+    assert by_name["web.1.a"]["gpus"] == (0 if fake else 1)
+    assert by_name["web.1.a"]["env"]["CORRAL_GPUS"] == "1"
+    assert by_name["web.2.b"]["gpus"] == 0 and "CORRAL_GPUS" not in by_name["web.2.b"]["env"]
+
+
+def test_the_gpu_field_leaves_older_spec_hashes_alone() -> None:
+    assert spec("a").spec_hash() == spec("a", gpus=0).spec_hash() != spec("a", gpus=1).spec_hash()
+    assert InstanceSpec.from_dict(spec("a", gpus=2).to_dict()).gpus == 2

@@ -107,3 +107,10 @@ def test_tokens_and_rotation(store: Store) -> None:
     store.add_token("J1", "new", replace=True)
     assert not store.token_valid("J1", "old") and store.token_valid("J1", "new")
     assert not store.token_valid("A1", "new")
+
+
+def test_a_facts_patch_changes_only_the_keys_it_names(store: Store) -> None:
+    host = store.create_host("a", {"platform": "linux/arm64", "cpus": 4, "images": ["sha256:1"]}, {}, "h" * 64)
+    store.heartbeat(host.id, None, [], facts_patch={"images": ["sha256:1", "sha256:2"], "cpus": None})
+    assert store.host_by_id(host.id).facts == {  # type: ignore[union-attr]
+        "platform": "linux/arm64", "images": ["sha256:1", "sha256:2"]}

@@ -453,6 +453,16 @@ class DockerClient:
 
     # -- images --------------------------------------------------------------------
 
+    def image_digests(self) -> list[str]:
+        """Every digest the engine's images are known by (``RepoDigests``), sorted, without repeats."""
+        digests = set()
+        for image in self._json("GET", "/images/json"):
+            for repo_digest in image.get("RepoDigests") or ():
+                _, sep, digest = str(repo_digest).rpartition("@")
+                if sep and digest.startswith("sha256:"):
+                    digests.add(digest)
+        return sorted(digests)
+
     def image_present(self, ref: str) -> bool:
         """Whether the engine has the image, by ``name:tag`` or ``name@sha256:...``."""
         status, _ = self._call("GET", f"/images/{quote(ref, safe='/:@')}/json", ok=(404,))
@@ -524,11 +534,13 @@ class DockerClient:
         ports: list[PortSpec] | None = None,
         restart_policy: str = "no",
         init: bool = False,
+        gpus: int = 0,
     ) -> str:
         """Create a container and return its id.
 
         ``restart_policy`` is ``no``, ``always``, ``unless-stopped``, ``on-failure``
-        or ``on-failure:N``.  Ports are published on all host addresses.
+        or ``on-failure:N``.  Ports are published on all host addresses.  ``gpus``
+        asks the engine's NVIDIA runtime for that many GPUs (``docker run --gpus N``).
         """
         policy, _, retries = restart_policy.partition(":")
         if policy not in _RESTART_POLICIES:
@@ -544,6 +556,8 @@ class DockerClient:
             "RestartPolicy": {"Name": policy, "MaximumRetryCount": int(retries or 0)},
             "Init": bool(init),
         }
+        if gpus:
+            host_config["DeviceRequests"] = [{"Driver": "nvidia", "Count": int(gpus), "Capabilities": [["gpu"]]}]
         body: dict[str, Any] = {
             "Image": image,
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],

@@ -1,0 +1,167 @@
+"""Plan and apply: optimistic concurrency on the cluster revision, on real SQLite and PostgreSQL.
+
+Two service controllers on one store stand for two server replicas: they share
+nothing but the database, so only the store's revision check keeps them from
+over-committing a host or placing a slot twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from corral.controllers.services import ServiceController
+from corral.model import InstanceSpec
+from corral.store.db import open_engine, sqlite_url
+from corral.store.store import NewInstance, StaleRevision, Store
+
+FACTS = {"platform": "linux/amd64", "cpus": 2, "memory_bytes": 2 << 30}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+def _spec(iid: str, slot: int) -> InstanceSpec:
+    return InstanceSpec(id=iid, name=f"web.{slot}.{iid}", service="web", slot=slot, image="busybox")
+
+
+def test_every_placement_input_bumps_the_cluster_revision(url: str) -> None:
+    store = Store(open_engine(url))
+    seen = [store.cluster_revision()]
+
+    def moved() -> bool:
+        seen.append(store.cluster_revision())
+        return seen[-1] > seen[-2]
+
+    host = store.create_host("a", dict(FACTS), {}, "h" * 64)
+    assert moved()
+    store.set_label(host.id, "zone", "edge")
+    assert moved()
+    store.set_availability(host.id, "cordoned")
+    assert moved()
+    svc = store.create_service("web", {"image": "busybox"}, 1)
+    assert moved()
+    store.set_replicas("web", 2)
+    assert moved()
+    store.heartbeat(host.id, dict(FACTS), [])  # same facts: nothing placement reads changed
+    assert not moved()
+    store.heartbeat(host.id, {**FACTS, "cpus": 4}, [])
+    assert moved()
+    store.heartbeat(host.id, {**FACTS, "cpus": 4, "images": ["sha256:1"]}, [])  # locality is a hint only
+    assert not moved()
+    store.mark_down(store.clock() + 1)
+    assert moved()
+    assert store.touch_hosts({host.id: store.clock()}) == [host.id]  # back
+    assert moved() and store.host_by_id(host.id).state == "ready"  # type: ignore[union-attr]
+    store.apply_service_plan(svc.id, [NewInstance(host.id, 1, _spec("i1", 1), "linux/amd64")], [], None)
+    assert moved()
+    store.delete_service("web")
+    assert moved()
+    store.remove_host(host.id)
+    assert moved()
+
+
+def test_a_plan_from_an_old_revision_changes_nothing(url: str) -> None:
+    store = Store(open_engine(url))
+    host = store.create_host("a", dict(FACTS), {}, "h" * 64)
+    svc = store.create_service("web", {"image": "busybox"}, 1)
+    computed_on = store.cluster_revision()
+    store.set_label(host.id, "zone", "edge")  # someone else's change lands first
+    with pytest.raises(StaleRevision):
+        store.apply_service_plan(svc.id, [NewInstance(host.id, 1, _spec("i1", 1), "linux/amd64")], [], None,
+                                 expect_revision=computed_on)
+    assert store.list_instances() == []
+    assert store.host_revision(host.id) == 0
+    store.apply_service_plan(svc.id, [NewInstance(host.id, 1, _spec("i1", 1), "linux/amd64")], [], None,
+                             expect_revision=store.cluster_revision())
+    assert [i.id for i in store.list_instances()] == ["i1"]
+
+
+def test_two_replicas_racing_never_overcommit_or_double_place(url: str) -> None:
+    """Two controllers (no shared lock) reconcile the same services at once, many times over."""
+    stores = [Store(open_engine(url)) for _ in range(2)]
+    store = stores[0]
+    for n in range(4):  # room for exactly 8 instances of 0.5 CPU
+        store.create_host(f"h{n}", {**FACTS, "cpus": 1}, {}, "h" * 64)
+    spec = {"image": "busybox", "reservations": {"cpu": 0.5}}
+    store.create_service("web", dict(spec), 5)
+    store.create_service("api", dict(spec), 5)
+    controllers = [ServiceController(s, lambda _hosts: None) for s in stores]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(c: ServiceController, name: str) -> None:
+        try:
+            for _ in range(6):
+                barrier.wait(timeout=30)
+                c.reconcile(name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c, name)) for c in controllers for name in ("web", "api")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for c in controllers:
+        c.reconcile_all()
+    instances = store.list_instances()
+    per_host = Counter(i.host_id for i in instances)
+    assert len(instances) == 8, "every CPU slot used once, the two extra replicas pending"
+    assert max(per_host.values()) == 2, "no host over its 1 CPU"
+    for service in store.list_services():
+        slots = [i.slot for i in instances if i.service_id == service.id]
+        assert len(slots) == len(set(slots)), f"{service.name}: a slot placed twice"
+    assert sum(1 for s in store.list_services() if s.pending_reason) >= 1
+
+
+def test_an_idle_reconcile_pass_reads_nothing_but_the_revision(url: str) -> None:
+    store = Store(open_engine(url))
+    store.create_host("a", dict(FACTS), {}, "h" * 64)
+    store.create_service("web", {"image": "busybox"}, 2)
+    controller = ServiceController(store, lambda _hosts: None, images=_Pinned())
+    controller.reconcile_all()
+    controller.reconcile_all()  # a pass that changed something is followed by one that finds it settled
+    assert len(store.list_instances()) == 2
+    reads = Counter[str]()
+    for method in ("list_hosts", "list_instances"):
+        original = getattr(store, method)
+
+        def counting(*args: object, _m: str = method, _o: object = original, **kw: object) -> object:
+            reads[_m] += 1
+            return _o(*args, **kw)  # type: ignore[operator]
+        setattr(store, method, counting)
+    controller.reconcile_all()
+    controller.reconcile_all()
+    assert reads == Counter()
+    store.set_replicas("web", 3)
+    controller.reconcile_all()
+    assert reads["list_hosts"] >= 1 and len(store.list_instances()) == 3
+
+
+class _Pinned:
+    """An image resolver for an image with one amd64 build."""
+
+    def resolve(self, ref: str) -> object:
+        from corral.images import ResolvedImage
+
+        return ResolvedImage.from_dict({
+            "reference": ref, "registry": "127.0.0.1:5000", "repository": "busybox", "digest": "sha256:" + "a" * 64,
+            "media_type": "application/vnd.oci.image.index.v1+json",
+            "platforms": [{"platform": "linux/amd64", "digest": "sha256:" + "b" * 64, "size": 1,
+                           "media_type": "application/vnd.oci.image.manifest.v1+json"}],
+        })
+
+    def image_sizes(self, resolved: object) -> dict[str, int]:
+        return {}
+
+    def forget(self, registry: str) -> None:
+        return None
