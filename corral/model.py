@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 RestartCondition = Literal["any", "on-failure", "none"]
+MountType = Literal["volume", "bind"]
+T = TypeVar("T")
 
 # Instance states, as the agent reports them and `corral ps` shows them.
 PENDING = "pending"
@@ -26,6 +29,11 @@ PULL_FAILED = "pull_failed"
 FAILED = "failed"  # create/start failed on the engine
 UNKNOWN = "unknown"  # the host is down: last known state is stale
 INSTANCE_STATES = (PENDING, PULLING, STARTING, RUNNING, RESTARTING, EXITED, PULL_FAILED, FAILED, UNKNOWN)
+
+# Health of an instance's container, as the engine's healthcheck reports it ("": none runs).
+HEALTH_STARTING = "starting"
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
 
 # Container labels the agent puts on what it owns. It never touches anything else.
 LABEL_MANAGED = "io.corral.managed"
@@ -50,6 +58,47 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A mount: a named volume (the engine creates it on first use) or a host path (bind)."""
+
+    type: MountType
+    source: str  # volume name ("" for an anonymous volume) or absolute host path
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VolumeSpec:
+        kind = str(data["type"])
+        if kind not in ("volume", "bind"):
+            raise ValueError(f"unknown mount type {kind!r}: expected volume or bind")
+        return cls(kind, str(data.get("source") or ""), str(data["target"]),  # type: ignore[arg-type]
+                   bool(data.get("read_only", False)))
+
+
+@dataclass(frozen=True)
+class HealthcheckSpec:
+    """Docker's healthcheck; None fields take the image's (or the engine's) value. Seconds."""
+
+    test: list[str] | None = None  # ["CMD", ...], ["CMD-SHELL", "..."], ["NONE"]; None: the image's
+    interval: float | None = None
+    timeout: float | None = None
+    start_period: float | None = None
+    retries: int | None = None
+    disable: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HealthcheckSpec:
+        return cls(
+            test=[str(t) for t in data["test"]] if data.get("test") is not None else None,
+            interval=_opt(float, data.get("interval")),
+            timeout=_opt(float, data.get("timeout")),
+            start_period=_opt(float, data.get("start_period")),
+            retries=_opt(int, data.get("retries")),
+            disable=bool(data.get("disable", False)),
+        )
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     id: str
     name: str
@@ -62,6 +111,15 @@ class InstanceSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     labels: dict[str, str] = field(default_factory=dict)
     gpus: int = 0  # nvidia.com/gpu reserved for it: passed to the engine as a device request
+    entrypoint: list[str] | None = None  # None: the image's; []: none
+    working_dir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    volumes: list[VolumeSpec] = field(default_factory=list)
+    healthcheck: HealthcheckSpec | None = None
+    stop_grace_period: float | None = None  # seconds between SIGTERM and SIGKILL; None: 10
+    cpu_limit: float | None = None  # CPUs
+    memory_limit: int | None = None  # bytes
     # credentials for pulling `image`; added by the server when it serves the desired
     # set to the host, never stored with the instance
     registry_auth: dict[str, str] | None = None
@@ -71,8 +129,9 @@ class InstanceSpec:
         body = self.to_dict()
         body.pop("restart")  # the agent applies it; changing it needs no new container
         body.pop("registry_auth")
-        if not body["gpus"]:  # added later: leave the hash of older specs as it was
-            body.pop("gpus")
+        for f in fields(self):  # added later: at their defaults they leave older specs' hashes as they were
+            if f.name in _ADDED_LATER and getattr(self, f.name) == _default(f):
+                body.pop(f.name)
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -93,8 +152,30 @@ class InstanceSpec:
             restart=RestartPolicy(**(data.get("restart") or {})),
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             gpus=int(data.get("gpus") or 0),
+            entrypoint=[str(a) for a in data["entrypoint"]] if data.get("entrypoint") is not None else None,
+            working_dir=_opt(str, data.get("working_dir")),
+            user=_opt(str, data.get("user")),
+            hostname=_opt(str, data.get("hostname")),
+            volumes=[VolumeSpec.from_dict(v) for v in data.get("volumes") or []],
+            healthcheck=_opt(HealthcheckSpec.from_dict, data.get("healthcheck")),
+            stop_grace_period=_opt(float, data.get("stop_grace_period")),
+            cpu_limit=_opt(float, data.get("cpu_limit")),
+            memory_limit=_opt(int, data.get("memory_limit")),
             registry_auth=dict(data["registry_auth"]) if data.get("registry_auth") else None,
         )
+
+
+# InstanceSpec fields added after containers were first labelled with spec_hash()
+_ADDED_LATER = frozenset({"gpus", "entrypoint", "working_dir", "user", "hostname", "volumes", "healthcheck",
+                          "stop_grace_period", "cpu_limit", "memory_limit"})
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def _opt(convert: Callable[[Any], T], value: Any) -> T | None:
+    return None if value is None else convert(value)
 
 
 @dataclass(frozen=True)
@@ -123,9 +204,13 @@ class InstanceStatus:
     exit_code: int | None = None
     error: str = ""
     restarts: int = 0
+    health: str = ""  # "", HEALTH_STARTING, HEALTHY, UNHEALTHY
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.health:  # added later: servers that do not know it never see it unless it is set
+            del out["health"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceStatus:
@@ -137,4 +222,5 @@ class InstanceStatus:
             exit_code=None if data.get("exit_code") is None else int(data["exit_code"]),
             error=str(data.get("error") or ""),
             restarts=int(data.get("restarts") or 0),
+            health=str(data.get("health") or ""),
         )

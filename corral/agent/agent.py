@@ -188,7 +188,7 @@ class Agent:
 
     def _events_loop(self) -> None:
         filters = {"type": ["container"], "label": [f"{LABEL_HOST}={self.host_id}"],
-                   "event": ["die", "start", "destroy", "oom", "stop"]}
+                   "event": ["die", "start", "destroy", "oom", "stop", "health_status"]}
         while not self._stop.is_set():
             try:
                 with self.docker.events(filters) as stream:

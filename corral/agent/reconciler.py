@@ -7,6 +7,12 @@ start, restart per policy with backoff), and removes owned containers that are
 not desired (or are duplicates).  Passes run on one thread; the work for
 different instances within a pass runs on a small pool.
 
+Each pass also reads the containers' health (their healthchecks' verdict, from
+the same listing): it is reported, and a container gone unhealthy counts as a
+failure, as in Swarm: it is stopped, and a new container replaces it when the
+restart policy allows.  Containers are stopped with their own grace period (the
+instance's ``stop_grace_period``, which is the container's StopTimeout).
+
 Safety rule: the desired set only changes when the server sends a new one.
 Losing the server, an engine error or an agent restart never stops anything.
 """
@@ -19,15 +25,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from corral import model
 from corral.agent.restart import RestartBook, on_exit
-from corral.agent.runtime.docker import ContainerInfo, DockerClient, DockerError, PullError
+from corral.agent.runtime.docker import ContainerInfo, DockerClient, DockerError, PullError, health_of
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
 
 log = logging.getLogger("corral.agent")
 
 PULL_RETRY = 10.0
+STOP_GRACE = 10  # seconds, the engine's default, for containers created without a grace period
 
 
 def parse_docker_time(text: str) -> float:
@@ -79,15 +87,15 @@ class Reconciler:
             return [InstanceStatus(**vars(s)) for s in self._statuses.values()]
 
     def _report(self, iid: str, state: str, *, since: float | None = None, container_id: str = "",
-                exit_code: int | None = None, error: str = "") -> None:
+                exit_code: int | None = None, error: str = "", health: str = "") -> None:
         book = self._books.get(iid, RestartBook())
         with self._lock:
             old = self._statuses.get(iid)
             if (old and old.state == state and old.container_id == container_id and old.exit_code == exit_code
-                    and old.error == error and old.restarts == book.restarts):
+                    and old.error == error and old.restarts == book.restarts and old.health == health):
                 return
             self._statuses[iid] = InstanceStatus(iid, state, since if since is not None else self._clock(),
-                                                 container_id, exit_code, error, book.restarts)
+                                                 container_id, exit_code, error, book.restarts, health)
         self._on_change()
 
     # -- one pass -------------------------------------------------------------
@@ -138,11 +146,11 @@ class Reconciler:
 
         return pool.submit(job)
 
-    def _remove(self, c: ContainerInfo) -> None:
-        log.info("removing %s (no longer desired)", c.name)
+    def _remove(self, c: ContainerInfo, why: str = "no longer desired") -> None:
+        log.info("removing %s (%s)", c.name, why)
         try:
             if c.state == "running":
-                self.docker.stop(c.id, timeout=10)
+                self.docker.stop(c.id, timeout=stop_grace(self.docker.inspect_container(c.id)))
             self.docker.remove(c.id, force=True)
         except DockerError as exc:
             log.warning("could not remove %s: %s", c.name, exc)
@@ -166,14 +174,18 @@ class Reconciler:
         keep = current[0] if current else None
         for c in found:
             if c is not keep:
-                self._remove(c)
+                self._remove(c, "duplicate" if c in current else "spec changed")
         if keep is None:
             self._create_and_start(spec)
+        elif keep.state == "running" and keep.health == model.UNHEALTHY:
+            self._handle_unhealthy(spec, keep)
         elif keep.state == "running":
             old = self._statuses.get(spec.id)
             if old is None or old.state != model.RUNNING or old.container_id != keep.id:
                 started = parse_docker_time(self.docker.inspect_container(keep.id)["State"].get("StartedAt", ""))
-                self._report(spec.id, model.RUNNING, since=started or None, container_id=keep.id)
+                self._report(spec.id, model.RUNNING, since=started or None, container_id=keep.id, health=keep.health)
+            elif old.health != keep.health:
+                self._report(spec.id, model.RUNNING, since=old.since, container_id=keep.id, health=keep.health)
         elif keep.state in ("exited", "dead", "created"):
             self._handle_exit(spec, keep)
         # paused / restarting / removing: the engine is busy with it; look again next pass
@@ -184,9 +196,10 @@ class Reconciler:
         state = self.docker.inspect_container(c.id)["State"]
         exit_code = int(state.get("ExitCode", 0))
         finished = str(state.get("FinishedAt", ""))
+        replacing = book.replace == c.id  # stopped as unhealthy: accounted for then
         if c.state == "created":  # created but never started (agent died in between)
             book.next_start = now
-        elif book.exit_seen_for != finished:
+        elif not replacing and book.exit_seen_for != finished:
             book.exit_seen_for = finished
             ran_for = parse_docker_time(finished) - parse_docker_time(str(state.get("StartedAt", "")))
             decision = on_exit(spec.restart, exit_code, ran_for, now, book)
@@ -198,14 +211,52 @@ class Reconciler:
         if book.next_start == float("inf"):
             return
         if book.next_start > now:
-            self._report(spec.id, model.RESTARTING, container_id=c.id, exit_code=exit_code,
-                         error=f"exited with code {exit_code}; restarting in {book.next_start - now:.0f}s")
+            wait = f"{book.next_start - now:.0f}s"
+            if replacing:
+                self._report_replacing(spec.id, c.id, wait)
+            else:
+                self._report(spec.id, model.RESTARTING, container_id=c.id, exit_code=exit_code,
+                             error=f"exited with code {exit_code}; restarting in {wait}")
             self._due(book.next_start)
+            return
+        if replacing:  # with a new container, as Swarm does
+            self.docker.remove(c.id, force=True)
+            book.replace = ""
+            book.restarts += 1
+            self._create_and_start(spec)
             return
         if c.state != "created":
             book.restarts += 1
         self.docker.start(c.id)
         self._report(spec.id, model.RUNNING, container_id=c.id)
+
+    def _handle_unhealthy(self, spec: InstanceSpec, c: ContainerInfo) -> None:
+        """Its healthcheck failed: a failure for the restart policy. Stop it (its logs stay) and,
+        if the policy allows, have a new container replace it once the backoff is over."""
+        now = self._clock()
+        book = self._books.setdefault(spec.id, RestartBook())
+        data = self.docker.inspect_container(c.id)
+        if health_of(data) != model.UNHEALTHY:
+            return  # healthy again since the listing: look again next pass
+        ran_for = now - parse_docker_time(str(data["State"].get("StartedAt", "")))
+        decision = on_exit(spec.restart, None, ran_for, now, book)
+        last = (data["State"]["Health"].get("Log") or [{}])[-1]
+        output = str(last.get("Output") or "").strip()[-200:]
+        log.warning("instance %s: container %s is unhealthy (%s); stopping it", spec.name, c.name,
+                    output or f"exit code {last.get('ExitCode')}")
+        book.replace = c.id
+        self.docker.stop(c.id, timeout=stop_grace(data))
+        if not decision.restart:
+            book.next_start = float("inf")
+            self._report(spec.id, model.EXITED, container_id=c.id, health=model.UNHEALTHY,
+                         error=f"unhealthy{': ' + output if output else ''}; {decision.reason}")
+            return
+        self._report_replacing(spec.id, c.id, f"{book.next_start - now:.0f}s")
+        self._due(book.next_start)
+
+    def _report_replacing(self, iid: str, cid: str, wait: str) -> None:
+        self._report(iid, model.RESTARTING, container_id=cid, health=model.UNHEALTHY,
+                     error=f"unhealthy; replacing it in {wait}")
 
     def _create_and_start(self, spec: InstanceSpec) -> None:
         now = self._clock()
@@ -228,9 +279,13 @@ class Reconciler:
         env = dict(spec.env)
         if spec.gpus:
             env.setdefault("CORRAL_GPUS", str(spec.gpus))
-        cid = self.docker.create_container(spec.name, spec.image, command=spec.command, env=env,
-                                           labels=labels, ports=spec.ports,
-                                           gpus=0 if self.fake_gpus else spec.gpus)
+        cid = self.docker.create_container(
+            spec.name, spec.image, command=spec.command, env=env, labels=labels, ports=spec.ports,
+            gpus=0 if self.fake_gpus else spec.gpus, entrypoint=spec.entrypoint, working_dir=spec.working_dir,
+            user=spec.user, hostname=spec.hostname, volumes=spec.volumes,
+            volume_labels={model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id},
+            healthcheck=spec.healthcheck, stop_grace_period=spec.stop_grace_period,
+            cpu_limit=spec.cpu_limit, memory_limit=spec.memory_limit)
         try:
             self.docker.start(cid)
         except DockerError as exc:
@@ -239,3 +294,9 @@ class Reconciler:
             self._due(now + 5)
             return
         self._report(spec.id, model.RUNNING, container_id=cid)
+
+
+def stop_grace(inspected: dict[str, Any]) -> float:
+    """The seconds an inspected container is given between SIGTERM and SIGKILL (its StopTimeout)."""
+    timeout = (inspected.get("Config") or {}).get("StopTimeout")
+    return STOP_GRACE if timeout is None else float(timeout)

@@ -6,6 +6,10 @@ counts attempts, backs off, and reports "restarting" honestly.  A container
 that ran for at least ``STABLE_AFTER`` seconds before it exited starts again
 after the policy's first delay; each quick crash in a row doubles the delay, up
 to ``MAX_DELAY``.
+
+A container its healthcheck calls unhealthy is a failure, as in Swarm: the
+agent stops it, and the policy (``on-failure`` included) decides whether and
+when a new container replaces it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class RestartBook:
     quick_failures: int = 0
     next_start: float = 0.0
     exit_seen_for: str = ""  # the container "FinishedAt" already accounted for
+    replace: str = ""  # id of the (stopped) unhealthy container a new one replaces at next_start
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class Decision:
     reason: str  # "", or why it stays down
 
 
-def should_restart(policy: RestartPolicy, exit_code: int, book: RestartBook) -> tuple[bool, str]:
+def should_restart(policy: RestartPolicy, exit_code: int | None, book: RestartBook) -> tuple[bool, str]:
+    """``exit_code`` None: the container failed without exiting (its healthcheck said unhealthy)."""
     if policy.condition == "none":
         return False, "restart policy is none"
     if policy.condition == "on-failure" and exit_code == 0:
@@ -45,8 +51,9 @@ def should_restart(policy: RestartPolicy, exit_code: int, book: RestartBook) -> 
     return True, ""
 
 
-def on_exit(policy: RestartPolicy, exit_code: int, ran_for: float, now: float, book: RestartBook) -> Decision:
-    """Account for one exit and decide whether and when to start the container again."""
+def on_exit(policy: RestartPolicy, exit_code: int | None, ran_for: float, now: float, book: RestartBook) -> Decision:
+    """Account for one exit (``exit_code`` None: the container turned unhealthy) and decide
+    whether and when to start it (or its replacement) again."""
     ok, reason = should_restart(policy, exit_code, book)
     if not ok:
         return Decision(False, now, reason)

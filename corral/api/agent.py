@@ -48,7 +48,7 @@ def status(body: Heartbeat, host: HostRow = Depends(require_host),
     with store_errors():
         came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch)
     state.monitor.seen(host.id)
-    if came_back:
+    if came_back or (statuses and state.services.updating):
         state.services.kick()
     return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
 

@@ -8,11 +8,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.images import InvalidReference, parse_reference
+from corral.platforms import Platform
 from corral.scheduler import constraints as cons
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+STACK_SEPARATOR = "_"  # a stack's service is STACK_SERVICE, as in Swarm
 
 
 class Strict(BaseModel):
@@ -29,6 +32,53 @@ class RestartIn(Strict):
     condition: Literal["any", "on-failure", "none"] = "any"
     max_attempts: int = Field(default=0, ge=0)
     delay: float = Field(default=1.0, ge=0.1, le=300)
+
+
+class VolumeIn(Strict):
+    type: Literal["volume", "bind"]
+    source: str | None = Field(default=None, max_length=4096)  # no source: an anonymous volume
+    target: str = Field(min_length=1, max_length=4096)
+    read_only: bool = False
+
+    @model_validator(mode="after")
+    def _paths(self) -> VolumeIn:
+        if not self.target.startswith("/"):
+            raise ValueError(f"volume target {self.target!r} must be an absolute path in the container")
+        if self.type == "bind" and not (self.source or "").startswith("/"):
+            raise ValueError(f"bind source {self.source!r} must be an absolute path on the host")
+        if self.type == "volume" and self.source and not _VOLUME.match(self.source):
+            raise ValueError(f"invalid volume name {self.source!r}")
+        return self
+
+
+class HealthcheckIn(Strict):
+    test: list[str] | None = None  # ["CMD", ...] / ["CMD-SHELL", "..."] / ["NONE"]; None: the image's own
+    interval: float | None = Field(default=None, gt=0, le=86400)
+    timeout: float | None = Field(default=None, gt=0, le=86400)
+    start_period: float | None = Field(default=None, ge=0, le=86400)
+    retries: int | None = Field(default=None, ge=0, le=1000)
+    disable: bool = False
+
+    @field_validator("test")
+    @classmethod
+    def _test(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or v[0] not in ("CMD", "CMD-SHELL", "NONE") or (v[0] != "NONE" and len(v) < 2)):
+            raise ValueError('healthcheck test must be ["CMD", prog, args...], ["CMD-SHELL", "command"] or ["NONE"]')
+        return v
+
+
+class LimitsIn(Strict):
+    cpu: float | None = Field(default=None, gt=0, le=1024)
+    memory: int | None = Field(default=None, ge=4 << 20)  # bytes; Docker's minimum is 6 MiB, be lenient
+
+
+class UpdateConfigIn(Strict):
+    parallelism: int = Field(default=1, ge=0, le=10000)  # 0: all at once
+    delay: float = Field(default=0.0, ge=0, le=86400)
+    order: Literal["stop-first", "start-first"] = "stop-first"
+    monitor: float = Field(default=5.0, ge=0, le=86400)
+    max_failure_ratio: float = Field(default=0.0, ge=0, le=1)
+    failure_action: Literal["pause", "continue", "rollback"] = "pause"
 
 
 def check_label_key(key: str) -> str:
@@ -64,14 +114,42 @@ class ServiceCreate(Strict):
     affinities: list[str] = Field(default_factory=list)  # "service!=db", "soft:node.labels.zone==edge"
     preferences: list[str] = Field(default_factory=list)  # "spread=node.labels.zone"
     strategy: Literal["spread", "binpack"] = "spread"
+    # what compose stacks need (corral.compose produces these)
+    entrypoint: list[str] | None = None
+    working_dir: str | None = Field(default=None, max_length=4096)
+    user: str | None = Field(default=None, max_length=255)
+    hostname: str | None = Field(default=None, max_length=63)
+    volumes: list[VolumeIn] = Field(default_factory=list)
+    healthcheck: HealthcheckIn | None = None
+    stop_grace_period: float | None = Field(default=None, ge=0, le=3600)
+    limits: LimitsIn | None = None
+    update_config: UpdateConfigIn | None = None
+    rollback_config: UpdateConfigIn | None = None
+    service_labels: Labels = Field(default_factory=dict)
+    networks: list[str] = Field(default_factory=list)
+    platform_preference: list[str] = Field(default_factory=list)  # OCI platforms, most wanted first
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        stack, sep, service = v.partition(STACK_SEPARATOR)
+        if not _NAME.match(stack) or (sep and not _NAME.match(service)):
             raise ValueError("invalid service name: use 1-63 lower-case letters, digits and '-', "
-                             "starting and ending with a letter or digit")
+                             "starting and ending with a letter or digit (STACK_SERVICE in a stack)")
         return v
+
+    @field_validator("platform_preference")
+    @classmethod
+    def _platforms(cls, v: list[str]) -> list[str]:
+        return [str(Platform.parse(p)) for p in v]  # PlatformError (a ValueError) says why
+
+    @model_validator(mode="after")
+    def _volume_targets_unique(self) -> ServiceCreate:
+        targets = [vol.target for vol in self.volumes]
+        for t in targets:
+            if targets.count(t) > 1:
+                raise ValueError(f"volume target {t!r} is mounted twice")
+        return self
 
     @field_validator("image")
     @classmethod
@@ -105,11 +183,34 @@ class ServiceCreate(Strict):
         return self
 
     def spec(self) -> dict[str, Any]:
+        """The stored spec: what was given, without empty optional keys (older specs lack them)."""
         spec = self.model_dump(exclude={"name", "replicas"})
-        for key in ("reservations", "max_replicas_per_node"):
-            if spec[key] is None:
+        for key in _OPTIONAL:
+            if spec[key] in (None, [], {}):
                 del spec[key]
         return spec
+
+
+_OPTIONAL = ("reservations", "max_replicas_per_node", "entrypoint", "working_dir", "user", "hostname", "volumes",
+             "healthcheck", "stop_grace_period", "limits", "update_config", "rollback_config", "service_labels",
+             "networks", "platform_preference")
+
+
+class ServiceUpdate(Strict):
+    """``corral service update``: the fields given replace the service's; the rest stay."""
+
+    image: str | None = None
+    env: dict[str, str] | None = None
+    command: list[str] | None = None
+    replicas: int | None = Field(default=None, ge=0, le=10000)
+    update_config: UpdateConfigIn | None = None
+    rollback_config: UpdateConfigIn | None = None
+    labels: Labels | None = None
+
+
+class StackDeploy(Strict):
+    services: list[dict[str, Any]] = Field(max_length=1000)  # each a ServiceCreate body, with its bare name
+    prune: bool = False
 
 
 class ServiceScale(Strict):
@@ -134,6 +235,7 @@ class StatusIn(Strict):
     exit_code: int | None = None
     error: str = Field(default="", max_length=4000)
     restarts: int = 0
+    health: Literal["", "starting", "healthy", "unhealthy"] = ""
 
 
 class Heartbeat(Strict):

@@ -9,10 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from corral.api.auth import require_admin, server_state
 from corral.api.errors import store_errors
-from corral.api.schemas import ServiceCreate, ServiceScale
+from corral.api.schemas import ServiceCreate, ServiceScale, ServiceUpdate
 from corral.api.views import instance_json, service_json
 from corral.scheduler.placement import validate
 from corral.server.state import ServerState
@@ -56,6 +57,36 @@ def get_service(name: str, state: ServerState = Depends(server_state)) -> dict[s
 def scale_service(name: str, body: ServiceScale, state: ServerState = Depends(server_state)) -> dict[str, Any]:
     with store_errors():
         state.store.set_replicas(name, body.replicas)
+    state.services.reconcile(name)
+    return _service_body(state, name)
+
+
+@router.post("/services/{name}/update")
+def update_service(name: str, body: ServiceUpdate, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    """Change a service's spec; a change to what its containers run rolls out as a rolling update."""
+    with store_errors():
+        row = state.store.get_service(name)
+    given = body.model_dump(exclude_none=True, exclude={"replicas"})
+    try:
+        new = ServiceCreate.model_validate({**row.spec, **given, "name": name,
+                                            "replicas": body.replicas if body.replicas is not None else row.replicas})
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                           for e in exc.errors())) from None
+    errors = validate(new.spec(), state.services.snapshot(), name)
+    if errors:
+        raise HTTPException(422, "; ".join(errors))
+    with store_errors():
+        state.store.update_service(name, new.spec(), body.replicas)
+    state.services.reconcile(name)
+    return _service_body(state, name)
+
+
+@router.post("/services/{name}/rollback")
+def rollback_service(name: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
+    """Go back to the spec before the last update (a rolling update with the rollback settings)."""
+    with store_errors():
+        state.store.rollback_service(name)
     state.services.reconcile(name)
     return _service_body(state, name)
 

@@ -52,12 +52,40 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Mapping[str, HostR
         "container_id": row.container_id,
         "restarts": row.restarts,
         "emulated": row.emulated,
+        "health": row.health,
+        "version": row.spec_version,
     }
 
 
 def running_count(instances: Iterable[InstanceRow], hosts: Mapping[str, HostRow]) -> int:
     return sum(1 for i in instances if i.state == RUNNING and i.host_id in hosts
                and hosts[i.host_id].state == "ready")
+
+
+def update_json(row: ServiceRow, instances: list[InstanceRow]) -> dict[str, Any] | None:
+    """A rolling update's progress: its state, and how many slots run the new version."""
+    st = row.update_state
+    if not st:
+        return None
+    slots = {i.slot for i in instances}
+    current = {row.version, *(st.get("equivalent") or ())}
+    done = {i.slot for i in instances if i.spec_version in current and i.state == RUNNING}
+    return {"state": st.get("state"), "message": st.get("message") or "", "version": st.get("version", row.version),
+            "updated": len(done), "total": max(len(slots), row.replicas), "batch": len(st.get("batch") or []),
+            "failed": len(st.get("failed") or []), "started_at": iso(float(st.get("started_at", row.updated_at))),
+            "completed_at": iso(float(st["completed_at"])) if st.get("completed_at") else None}
+
+
+def service_status(body: Mapping[str, Any]) -> str:
+    """converged | updating | paused | degraded | pending (Swarm users read this in `service ls`)."""
+    update = body.get("update") or {}
+    if update.get("state") in ("updating", "rolling_back"):
+        return "updating"
+    if update.get("state") in ("paused", "rollback_paused"):
+        return "paused"
+    if body["running"] >= body["desired"]:
+        return "converged"
+    return "pending" if body["running"] == 0 and body.get("pending_reason") else "degraded"
 
 
 def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Mapping[str, HostRow],
@@ -77,7 +105,11 @@ def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Mapping[s
         "running": running_count(instances, hosts),
         "desired": row.replicas,
         "pending_reason": row.pending_reason,
+        "stack": row.stack,
+        "version": row.version,
+        "update": update_json(row, instances),
     }
+    body["status"] = service_status(body)
     if with_instances:
         body["instances"] = [instance_json(i, row.name, hosts) for i in instances]
     return body

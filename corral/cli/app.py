@@ -80,7 +80,8 @@ host_app = typer.Typer(help="List, inspect, label and remove hosts.", no_args_is
 label_app = typer.Typer(
     help="Add or remove host labels (used by constraints).", no_args_is_help=True
 )
-service_app = typer.Typer(help="List, inspect, scale and remove services.", no_args_is_help=True)
+service_app = typer.Typer(help="List, inspect, scale, update, roll back and remove services.",
+                          no_args_is_help=True)
 token_app = typer.Typer(help="Tokens for joining hosts.", no_args_is_help=True)
 image_app = typer.Typer(
     help="Look at images as the cluster's registries serve them.", no_args_is_help=True
@@ -857,3 +858,7 @@ def server(ctx: typer.Context) -> None:
 def agent(ctx: typer.Context) -> None:
     """Run the agent on a host. `corral agent --help` for options."""
     _delegate("corral.agent.main", "all", list(ctx.args))
+
+
+# Commands defined in their own modules register themselves on the apps above.
+from corral.cli import lifecycle  # noqa: E402,F401

@@ -345,6 +345,52 @@ class CorralClient:
     def remove_service(self, name: str) -> None:
         self._request("DELETE", f"/services/{_quote(name)}")
 
+    def update_service(self, name: str, changes: JSONDict) -> JSONDict:
+        """Change a service (image, env, command, replicas, update settings); may start a rollout."""
+        return self._object("POST", f"/services/{_quote(name)}/update", json=changes)
+
+    def rollback_service(self, name: str) -> JSONDict:
+        return self._object("POST", f"/services/{_quote(name)}/rollback")
+
+    # -- stacks --------------------------------------------------------------
+
+    def deploy_stack(self, name: str, services: list[JSONDict], prune: bool = False) -> JSONDict:
+        """``{"stack", "created", "updated", "scaled", "unchanged", "removed"}`` (service names)."""
+        return self._object("POST", f"/stacks/{_quote(name)}", json={"services": services, "prune": prune})
+
+    def list_stacks(self) -> list[JSONDict]:
+        return self._list("GET", "/stacks")
+
+    def stack_services(self, name: str) -> list[JSONDict]:
+        return self._list("GET", f"/stacks/{_quote(name)}/services")
+
+    def stack_instances(self, name: str) -> list[JSONDict]:
+        return self._list("GET", f"/stacks/{_quote(name)}/ps")
+
+    def remove_stack(self, name: str) -> None:
+        self._request("DELETE", f"/stacks/{_quote(name)}")
+
+    # -- events --------------------------------------------------------------
+
+    def list_events(self, params: JSONDict) -> list[JSONDict]:
+        return self._list("GET", "/events", params=params)
+
+    def stream_events(self, params: JSONDict) -> Iterator[JSONDict]:
+        """Yield events from the server's Server-Sent Events stream as they happen."""
+        import json
+
+        timeout = httpx.Timeout(self._timeout, read=None)
+        with (
+            self._errors(),
+            self._http.stream("GET", "/events", params={**params, "follow": "true"}, timeout=timeout) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise APIError.from_response(response)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
     def list_instances(self, service: str | None = None) -> list[JSONDict]:
         params = {"service": service} if service else None
         return self._list("GET", "/instances", params=params)

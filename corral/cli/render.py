@@ -80,13 +80,30 @@ def converged(service: JSONDict) -> bool:
 
 
 def service_status(service: JSONDict) -> tuple[str, str]:
-    """(text, style): ``pending: <reason>`` yellow, ``converged`` green, or ``converging``."""
+    """(text, style): ``updating 2/5`` or ``paused: <why>`` during a rolling update, then
+    ``pending: <reason>`` yellow, ``converged`` green, ``degraded`` red or ``converging``."""
+    update = service.get("update") or {}
+    if update.get("state") in ("updating", "rolling_back"):
+        verb = "rolling back" if update["state"] == "rolling_back" else "updating"
+        return f"{verb} {update.get('updated', 0)}/{update.get('total', 0)}", "cyan"
+    if update.get("state") in ("paused", "rollback_paused"):
+        return f"update paused: {update.get('message') or 'an instance failed'}", "red"
     reason = service.get("pending_reason")
     if reason:
         return f"pending: {reason}", "yellow"
     if converged(service):
         return "converged", "green"
+    if service.get("status") == "degraded":
+        return "degraded", "red"
     return "converging", ""
+
+
+def stacks_table(stacks: list[JSONDict]) -> Table:
+    table = _table("NAME", "SERVICES", "RUNNING", "STATUS")
+    for s in stacks:
+        _row(table, _text(s.get("name")), str(s.get("services", 0)), f"{s.get('running', 0)}/{s.get('desired', 0)}",
+             _text(s.get("status"), "green" if s.get("status") == "converged" else ""))
+    return table
 
 
 # -- hosts ------------------------------------------------------------------
@@ -194,6 +211,18 @@ def services_table(services: list[JSONDict], *, no_trunc: bool = False) -> Table
     return table
 
 
+def update_text(update: JSONDict | None, config: JSONDict | None) -> str:
+    cfg = config or {}
+    settings = (f"parallelism {cfg.get('parallelism', 1)}, {cfg.get('order', 'stop-first')}, "
+                f"on failure {cfg.get('failure_action', 'pause')}")
+    if not update:
+        return settings
+    line = f"{str(update.get('state', '')).replace('_', ' ')} ({update.get('updated', 0)}/{update.get('total', 0)})"
+    if update.get("message"):
+        line += f": {update['message']}"
+    return f"{line}; {settings}"
+
+
 def restart_text(restart: JSONDict | None) -> str:
     if not restart:
         return "-"
@@ -248,6 +277,8 @@ def service_panel(service: JSONDict, now: datetime | None = None) -> RenderableT
         ("Ports", ports_text(service.get("ports"))),
         ("Constraints", ", ".join(service.get("constraints") or []) or "-"),
         ("Restart", restart_text(service.get("restart"))),
+        ("Version", _text(service.get("version"))),
+        ("Update", update_text(service.get("update"), service.get("update_config"))),
         ("Created", timestamp(service.get("created_at"), now)),
         ("Updated", timestamp(service.get("updated_at"), now)),
     ]
@@ -274,6 +305,9 @@ def instance_state(instance: JSONDict) -> Text:
         "pull_failed",
     ):
         text.append(" → shutdown", style="dim")
+    if instance.get("health"):
+        style = {"healthy": "green", "unhealthy": "red"}.get(instance["health"], "yellow")
+        text.append(f" ({instance['health']})", style=style)
     if instance.get("restarts"):
         text.append(f" ↻{instance['restarts']}", style="dim")
     return text

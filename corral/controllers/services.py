@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from corral.controllers import rollout
 from corral.images import ImageError, ResolvedImage
-from corral.model import InstanceSpec, PortSpec, RestartPolicy
+from corral.model import HealthcheckSpec, InstanceSpec, PortSpec, RestartPolicy, VolumeSpec
 from corral.scheduler.model import (
     HostSnapshot,
     Placement,
@@ -104,12 +105,22 @@ def instance_spec(service: ServiceRow, slot: int, instance_id: str, image: str) 
         restart=RestartPolicy(**(spec.get("restart") or {})),
         labels=dict(spec.get("labels") or {}),
         gpus=int(parse_resources(spec.get("reservations")).generic.get("nvidia.com/gpu", 0)),
+        entrypoint=spec.get("entrypoint"),
+        working_dir=spec.get("working_dir"),
+        user=spec.get("user"),
+        hostname=spec.get("hostname"),
+        volumes=[VolumeSpec.from_dict(v) for v in spec.get("volumes") or []],
+        healthcheck=HealthcheckSpec.from_dict(spec["healthcheck"]) if spec.get("healthcheck") else None,
+        stop_grace_period=spec.get("stop_grace_period"),
+        cpu_limit=(spec.get("limits") or {}).get("cpu"),
+        memory_limit=(spec.get("limits") or {}).get("memory"),
     )
 
 
 log = logging.getLogger("corral.controllers")
 
 MAX_ATTEMPTS = 5  # replans after a stale revision before giving up until the next pass
+RESCHEDULE_LABEL = "corral.reschedule-after"  # a host label: seconds of grace before its instances move
 
 
 @dataclass
@@ -134,8 +145,14 @@ class Fleet:
 
 class ServiceController:
     def __init__(self, store: Store, notify: Callable[[list[str]], None],
-                 images: ImageResolver | None = None) -> None:
+                 images: ImageResolver | None = None, *, down_after: float = 30.0,
+                 reschedule_after: float = 30.0) -> None:
         self._store = store
+        self.down_after = down_after
+        self.reschedule_after = reschedule_after
+        self._wake_at: float | None = None
+        self._rolling = False  # an update waits for instances: every pass must look
+        self._forced = False
         self._notify = notify
         self._images = images
         self._lock = threading.Lock()
@@ -143,7 +160,9 @@ class ServiceController:
         self.on_kick: Callable[[], None] | None = None  # set by the server's reconcile loop
 
     def kick(self) -> None:
-        """Ask for a reconcile pass soon (hosts joined or came back); without a loop, run it now."""
+        """Ask for a full reconcile pass soon (hosts joined, went down or came back; an update's
+        instances changed); without a loop, run it now."""
+        self._forced = True
         if self.on_kick is not None:
             self.on_kick()
         else:
@@ -163,12 +182,16 @@ class ServiceController:
         revision = self._store.cluster_revision()
         if self._images is not None:
             waiting = [s for s in services if s.resolution is None]
-            if not waiting and revision == self._clean_revision:
+            timer = self._rolling or (self._wake_at is not None and self._store.clock() >= self._wake_at)
+            if not waiting and revision == self._clean_revision and not timer and not self._forced:
                 return
             for service in waiting:
                 self._resolve(service)
+        self._forced = False
         with self._lock:
             fleet = self._read()
+            self._wake_at = None
+            self._rolling = False
             changed_any = False
             for service in sorted(fleet.services.values(), key=lambda s: s.name):
                 if self._images is not None and service.resolution is None:
@@ -218,29 +241,74 @@ class ServiceController:
         if service is None:
             return []
         hosts = fleet.hosts
+        now = self._store.clock()
         instances = [i for i in fleet.instances if i.service_id == service.id]
         req = service_request(service)
+        roll = rollout.step(service.spec, service.version, service.update_state, instances, now)
+        if roll.rollback:
+            self._store.rollback_service(service.name)
+            return []
+        if roll.wake_at is not None or (service.update_state or {}).get("state") in rollout.ACTIVE:
+            self._due(roll.wake_at if roll.wake_at is not None else now + 1.0)
+            self._rolling = self._rolling or roll.wake_at is None  # moved on by status reports, not time
+        gone = [i.id for i in instances if self._lost(i, hosts, now)]
         replicas: int | None = None
         if req.mode == "global":
-            result = plan_global(req, fleet.snapshot(set()), max((i.slot for i in instances), default=0) + 1)
-            remove = self._not_eligible(instances, set(result.eligible), hosts)
+            remove = list(dict.fromkeys(roll.remove))
+            kept = [i for i in instances if i.id not in set(remove)]
+            result = plan_global(req, fleet.snapshot(set(remove)), max((i.slot for i in instances), default=0) + 1)
+            remove += self._not_eligible(kept, set(result.eligible), hosts)
             replicas = len(result.eligible)
         else:
             draining = [i.id for i in instances if hosts[i.host_id].availability == "draining"]
-            remove = draining + self._surplus([i for i in instances if i.id not in set(draining)],
-                                              service.replicas, hosts)
+            remove = list(dict.fromkeys(roll.remove + draining + gone))
+            remove += self._surplus([i for i in instances if i.id not in set(remove)], service.replicas, hosts)
             kept = [i for i in instances if i.id not in set(remove)]
             used = {i.slot for i in kept}
-            missing = max(0, service.replicas - len(kept))
-            slots = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
+            missing = max(0, service.replicas - len(used))
+            fresh = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
+            # start-first: the slot still has its old instance, and gets a new one beside it
+            slots = sorted(set(fresh) | {s for s in roll.place if s <= service.replicas})
             result = plan(req, fleet.snapshot(set(remove)), slots)
         resolved = ResolvedImage.from_dict(service.resolution) if service.resolution is not None else None
         add = [self._new_instance(service, resolved, p, hosts[p.host_id]) for p in result.placements]
-        if not add and not remove and service.pending_reason == result.reason and \
+        state, event = roll.state, roll.event
+        if roll.place or (req.mode == "global" and roll.remove):
+            state = dict(state if state is not None else service.update_state or {})
+            state["batch"] = [a.spec.id for a in add]
+        if not add and not remove and service.pending_reason == result.reason and state is None and \
                 (replicas is None or replicas == service.replicas):
             return []
         return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas,
-                                              expect_revision=fleet.revision)
+                                              expect_revision=fleet.revision, update_state=state, event=event)
+
+    def _lost(self, inst: InstanceRow, hosts: dict[str, HostRow], now: float) -> bool:
+        """An instance on a host that has been down longer than its grace period (then it is replaced)."""
+        host = hosts.get(inst.host_id)
+        if host is None or host.state == "ready":
+            return False
+        try:
+            grace = float(host.labels.get(RESCHEDULE_LABEL, self.reschedule_after))
+        except ValueError:
+            grace = self.reschedule_after
+        due = host.last_seen + self.down_after + grace
+        if now < due:
+            self._due(due)
+            return False
+        return True
+
+    @property
+    def updating(self) -> bool:
+        """A rolling update or a grace period is running: status reports may move it on."""
+        return self._wake_at is not None
+
+    def next_wake(self) -> float | None:
+        """When a pass is due for time's sake (a delay, a grace period ending), if ever."""
+        return self._wake_at
+
+    def _due(self, at: float) -> None:
+        """Something time-based (a grace period, an update's delay) needs a pass at ``at``."""
+        self._wake_at = at if self._wake_at is None else min(self._wake_at, at)
 
     @staticmethod
     def _new_instance(service: ServiceRow, resolved: ResolvedImage | None, p: Placement,
@@ -252,17 +320,24 @@ class ServiceController:
             platform = str(p.choice.platform)
             image = resolved.pull_reference(p.choice.platform) or image
         return NewInstance(host_id=host.id, slot=p.slot, spec=instance_spec(service, p.slot, iid, image),
-                           platform=platform, emulated=p.choice is not None and p.choice.kind == "emulated")
+                           platform=platform, emulated=p.choice is not None and p.choice.kind == "emulated",
+                           spec_version=service.version)
 
     @staticmethod
     def _surplus(instances: list[InstanceRow], replicas: int, hosts: dict[str, HostRow]) -> list[str]:
-        """Instances to remove when scaling down: those on down hosts first, then the highest slots."""
-        extra = len(instances) - replicas
+        """Slots to give up when scaling down (all their instances): those on down hosts first, then the
+        highest.  A slot may hold two instances while a start-first update replaces one."""
+        by_slot: dict[int, list[InstanceRow]] = defaultdict(list)
+        for inst in instances:
+            by_slot[inst.slot].append(inst)
+        extra = len(by_slot) - replicas
         if extra <= 0:
             return []
-        ranked = sorted(instances, key=lambda i: (hosts.get(i.host_id) is not None
-                                                  and hosts[i.host_id].state == "ready", -i.slot))
-        return [i.id for i in ranked[:extra]]
+
+        def ready(slot: int) -> bool:
+            return any(hosts.get(i.host_id) is not None and hosts[i.host_id].state == "ready" for i in by_slot[slot])
+        ranked = sorted(by_slot, key=lambda slot: (ready(slot), -slot))
+        return [i.id for slot in ranked[:extra] for i in by_slot[slot]]
 
     @staticmethod
     def _not_eligible(instances: list[InstanceRow], eligible: set[str], hosts: dict[str, HostRow]) -> list[str]:

@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from corral import __version__
-from corral.api import agent, hosts, images, registries, services, system, tokens
+from corral.api import agent, events, hosts, images, registries, services, stacks, system, tokens
 from corral.server.state import ServerState
 
 log = logging.getLogger("corral.server")
+
+EVENTS_KEPT = 100_000  # the event log keeps this many of the newest events
 
 
 def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
@@ -28,6 +30,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
         state.services.on_kick = kick
         tasks = [asyncio.create_task(_every(1.0, _check_hosts, state)),
+                 asyncio.create_task(_every(60.0, state.store.prune_events, EVENTS_KEPT)),
                  asyncio.create_task(_reconcile_loop(state, kicked, reconcile_every))]
         try:
             yield
@@ -37,7 +40,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
     app.state.corral = state
-    for module in (system, hosts, services, images, registries, tokens, agent):
+    for module in (system, hosts, services, stacks, events, images, registries, tokens, agent):
         app.include_router(module.router)
     return app
 
@@ -46,6 +49,7 @@ def _check_hosts(state: ServerState) -> None:
     changes = state.monitor.check()
     if changes.down:
         log.warning("hosts down (missed heartbeats): %s", ", ".join(changes.down))
+        state.services.kick()  # their instances' grace periods start now
     if changes.back:
         log.info("hosts back: %s", ", ".join(changes.back))
         state.services.kick()
@@ -54,8 +58,12 @@ def _check_hosts(state: ServerState) -> None:
 async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: float) -> None:
     """Reconcile every service every ``seconds``, or soon after a kick (bursts of kicks coalesce)."""
     while True:
+        timeout = seconds
+        wake = state.services.next_wake()
+        if wake is not None:
+            timeout = min(seconds, max(0.05, wake - state.store.clock()))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(kicked.wait(), seconds)
+            await asyncio.wait_for(kicked.wait(), timeout)
         kicked.clear()
         try:
             await run_in_threadpool(state.services.reconcile_all)

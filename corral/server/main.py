@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between agent heartbeats")
     p.add_argument("--down-after", type=float, default=None,
                    help="seconds without heartbeat before a host is down (default: 3 intervals)")
+    p.add_argument("--reschedule-after", type=float, default=30.0,
+                   help="seconds a host stays down before its replicated instances are placed elsewhere "
+                        "(a host label corral.reschedule-after=SECONDS overrides it, e.g. for edge hosts)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]|CIDR",
                    help="registry reached over plain HTTP (loopback registries always are)")
     p.add_argument("--agent-image", default=os.environ.get("CORRAL_AGENT_IMAGE", f"127.0.0.1:5000/corral/agent:{__version__}"),
@@ -89,7 +92,7 @@ def bootstrap(args: argparse.Namespace, images: ImageResolver | None = None) -> 
                                 timeout=5.0, retries=2)
     state = ServerState.build(store, images, ca_pem=pki.ca_pem, ca_fingerprint=fp, heartbeat_interval=interval,
                               down_after=args.down_after or 3 * interval, public_url=public,
-                              agent_image=args.agent_image)
+                              agent_image=args.agent_image, reschedule_after=args.reschedule_after)
     return state, pki
 
 

@@ -26,13 +26,15 @@ class ServerState:
 
     @classmethod
     def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
-              heartbeat_interval: float, down_after: float, public_url: str, agent_image: str) -> ServerState:
+              heartbeat_interval: float, down_after: float, public_url: str, agent_image: str,
+              reschedule_after: float = 30.0) -> ServerState:
         notifier = Notifier()
         return cls(
             store=store,
             notifier=notifier,
             logs=LogBroker(notifier),
-            services=ServiceController(store, notifier.notify, images),
+            services=ServiceController(store, notifier.notify, images, down_after=down_after,
+                                       reschedule_after=reschedule_after),
             monitor=HostMonitor(store, down_after),
             images=images,
             ca_pem=ca_pem,

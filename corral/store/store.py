@@ -29,7 +29,7 @@ from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
-from corral.store.tables import ClusterStateRow, HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
+from corral.store.tables import ClusterStateRow, EventRow, HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
 
 
 def new_id() -> str:
@@ -60,6 +60,23 @@ class NewInstance:
     spec: InstanceSpec
     platform: str
     emulated: bool = False
+    spec_version: int = 1
+
+
+# Service spec keys that change the service, not its containers: no new version, no rollout.
+SERVICE_ONLY_KEYS = frozenset({"update_config", "rollback_config", "service_labels"})
+
+
+def task_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a rolling update compares: the spec without its service-only keys."""
+    return {k: v for k, v in spec.items() if k not in SERVICE_ONLY_KEYS}
+
+
+@dataclass(frozen=True)
+class StackService:
+    name: str  # the full name (STACK_SERVICE)
+    spec: dict[str, Any]
+    replicas: int
 
 
 class Store:
@@ -123,6 +140,7 @@ class Store:
         with self._write() as s:
             s.add(row)
             self._changed(s)
+            self._event(s, "host", "joined", name, id=row.id, platform=row.platform)
         return row
 
     def cluster_revision(self) -> int:
@@ -166,6 +184,7 @@ class Store:
                 labels[key] = value
             row.labels = labels
             self._changed(s)
+            self._event(s, "host", "label", row.name, id=row.id, key=key, value=value)
             return row
 
     def set_availability(self, host_id: str, availability: str) -> HostRow:
@@ -175,10 +194,14 @@ class Store:
                 raise NotFoundError(f"no host {host_id!r}")
             row.availability = availability
             self._changed(s)
+            self._event(s, "host", availability, row.name, id=row.id)
             return row
 
     def remove_host(self, host_id: str) -> None:
         with self._write() as s:
+            row = s.get(HostRow, host_id)
+            if row is not None:
+                self._event(s, "host", "removed", row.name, id=host_id)
             s.execute(delete(InstanceRow).where(InstanceRow.host_id == host_id))
             s.execute(delete(HostRow).where(HostRow.id == host_id))
             self._changed(s)
@@ -199,6 +222,8 @@ class Store:
                 merged = {**(facts if facts is not None else row.facts), **facts_patch}
                 facts = {k: v for k, v in merged.items() if v is not None}
             came_back = row.state != "ready"
+            if came_back:
+                self._event(s, "host", "up", row.name, id=row.id)
             row.state = "ready"
             row.last_seen = now
             if came_back or (facts is not None and any(facts.get(k) != row.facts.get(k)
@@ -214,6 +239,12 @@ class Store:
                                                            InstanceRow.id.in_(by_id)))
                 for inst in rows:
                     st = by_id[inst.id]
+                    health = getattr(st, "health", "") or ""
+                    if inst.state != st.state or inst.health != health:
+                        self._event(s, "instance", st.state if inst.state != st.state else f"health_{health}",
+                                    str(inst.spec.get("service", "")), id=inst.id, slot=inst.slot, host=row.name,
+                                    exit_code=st.exit_code, error=st.error[:500], health=health)
+                    inst.health = health
                     inst.state = st.state
                     inst.exit_code = st.exit_code
                     inst.error = st.error
@@ -224,11 +255,14 @@ class Store:
 
     def mark_down(self, last_seen_before: float) -> list[str]:
         with self._write() as s:
-            ids = list(s.scalars(select(HostRow.id).where(HostRow.state == "ready",
-                                                          HostRow.last_seen < last_seen_before)))
+            rows = list(s.execute(select(HostRow.id, HostRow.name).where(HostRow.state == "ready",
+                                                                         HostRow.last_seen < last_seen_before)))
+            ids = [r.id for r in rows]
             if ids:
                 s.execute(update(HostRow).where(HostRow.id.in_(ids)).values(state="down"))
                 self._changed(s)
+                for r in rows:
+                    self._event(s, "host", "down", r.name, id=r.id)
             return ids
 
     def touch_hosts(self, seen: dict[str, float]) -> list[str]:
@@ -236,7 +270,11 @@ class Store:
         if not seen:
             return []
         with self._write() as s:
-            back = list(s.scalars(select(HostRow.id).where(HostRow.id.in_(seen), HostRow.state != "ready")))
+            rows = list(s.execute(select(HostRow.id, HostRow.name).where(HostRow.id.in_(seen),
+                                                                         HostRow.state != "ready")))
+            back = [r.id for r in rows]
+            for r in rows:
+                self._event(s, "host", "up", r.name, id=r.id)
             table = HostRow.__table__.c.id.table
             s.connection().execute(update(table).where(table.c.id == bindparam("hid"))
                                    .values(last_seen=bindparam("ts")),
@@ -264,16 +302,133 @@ class Store:
 
     # -- services and instances -----------------------------------------------
 
-    def create_service(self, name: str, spec: dict[str, Any], replicas: int) -> ServiceRow:
+    def create_service(self, name: str, spec: dict[str, Any], replicas: int, stack: str | None = None) -> ServiceRow:
+        with self._write() as s:
+            return self._create_service(s, name, spec, replicas, stack)
+
+    def _create_service(self, s: Session, name: str, spec: dict[str, Any], replicas: int,
+                        stack: str | None) -> ServiceRow:
         now = self.clock()
         row = ServiceRow(id=new_id(), name=name, spec=spec, replicas=replicas, pending_reason=None,
-                         created_at=now, updated_at=now)
-        with self._write() as s:
-            if s.scalar(select(func.count()).where(ServiceRow.name == name)):
-                raise ConflictError(f"service {name!r} already exists")
-            s.add(row)
-            self._changed(s)
+                         created_at=now, updated_at=now, stack=stack, version=1)
+        if s.scalar(select(func.count()).where(ServiceRow.name == name)):
+            raise ConflictError(f"service {name!r} already exists")
+        s.add(row)
+        self._changed(s)
+        self._event(s, "service", "created", name, replicas=replicas, image=spec.get("image"), stack=stack)
         return row
+
+    def update_service(self, name: str, spec: dict[str, Any], replicas: int | None = None) -> tuple[ServiceRow, bool]:
+        """Give a service a new spec; returns (row, whether a rolling update started).
+
+        A change to what its containers run starts a rolling update to a new version
+        (the old spec is kept for a rollback); a change of replicas or of service-only
+        keys (update settings, service labels) takes effect without one.
+        """
+        with self._write() as s:
+            row = self._service_row(s, name)
+            return row, self._update_service(s, row, spec, replicas)
+
+    def _update_service(self, s: Session, row: ServiceRow, spec: dict[str, Any], replicas: int | None,
+                        action: str = "update") -> bool:
+        rollout = task_spec(spec) != task_spec(row.spec)
+        if replicas is not None and replicas != row.replicas:
+            row.replicas = replicas
+            self._event(s, "service", "scaled", row.name, replicas=replicas)
+        if rollout:
+            # the image as resolved goes with its spec: a rollback restores the pinned digests
+            previous = (row.update_state or {}).get("previous_resolution")
+            resolution = row.resolution if spec.get("image") == row.spec.get("image") else None
+            if action == "rollback" and spec.get("image") == (row.previous_spec or {}).get("image"):
+                resolution = previous
+            before = row.update_state or {}
+            row.update_state = {"state": "rolling_back" if action == "rollback" else "updating",
+                                "started_at": self.clock(), "batch": [], "failed": [], "next_at": 0.0,
+                                "message": "", "version": row.version + 1, "previous_resolution": row.resolution,
+                                "previous_version": row.version,
+                                # a rollback restores the spec the previous version ran: its instances stay
+                                "equivalent": [before["previous_version"]] if action == "rollback"
+                                and "previous_version" in before else []}
+            row.previous_spec = row.spec
+            row.version = row.version + 1
+            row.resolution = resolution
+            self._event(s, "service", f"{action}_started", row.name, version=row.version, image=spec.get("image"))
+        row.spec = spec
+        row.updated_at = self.clock()
+        self._changed(s)
+        return rollout
+
+    def rollback_service(self, name: str) -> ServiceRow:
+        """Go back to the spec before the last update, as a rolling update of its own."""
+        with self._write() as s:
+            row = self._service_row(s, name)
+            if row.previous_spec is None:
+                raise ConflictError(f"service {name!r} has no previous spec to roll back to")
+            self._update_service(s, row, row.previous_spec, None, action="rollback")
+            return row
+
+    def set_update_state(self, service_id: str, state: dict[str, Any], event: str | None = None) -> None:
+        with self._write() as s:
+            row = s.get(ServiceRow, service_id)
+            if row is None:
+                return
+            row.update_state = state
+            if event:
+                self._event(s, "service", event, row.name, version=row.version, message=state.get("message", ""))
+
+    def apply_stack(self, stack: str, services: Sequence[StackService], prune: bool = False) -> dict[str, list[str]]:
+        """Create, update (or, with ``prune``, remove) a stack's services in one transaction.
+
+        Returns the names per outcome: created, updated, scaled, unchanged, removed (and
+        ``hosts``: the hosts whose desired sets changed).  A name taken by a service outside
+        this stack is a ConflictError, and then nothing changes.
+        """
+        out: dict[str, list[str]] = {k: [] for k in ("created", "updated", "scaled", "unchanged", "removed", "hosts")}
+        with self._write() as s:
+            existing = {r.name: r for r in s.scalars(select(ServiceRow).where(ServiceRow.name.in_(
+                [x.name for x in services])))}
+            for r in existing.values():
+                if r.stack != stack:
+                    raise ConflictError(f"service {r.name!r} already exists outside stack {stack!r}")
+            for svc in services:
+                row = existing.get(svc.name)
+                if row is None:
+                    self._create_service(s, svc.name, svc.spec, svc.replicas, stack)
+                    out["created"].append(svc.name)
+                    continue
+                scaled = svc.replicas != row.replicas
+                changed = svc.spec != row.spec
+                if self._update_service(s, row, svc.spec, svc.replicas) if (changed or scaled) else False:
+                    out["updated"].append(svc.name)
+                elif changed or scaled:
+                    out["scaled" if scaled else "updated"].append(svc.name)
+                else:
+                    out["unchanged"].append(svc.name)
+            if prune:
+                wanted = {x.name for x in services}
+                for row in s.scalars(select(ServiceRow).where(ServiceRow.stack == stack)):
+                    if row.name not in wanted:
+                        out["hosts"].extend(self._delete_service(s, row))
+                        out["removed"].append(row.name)
+        return out
+
+    def list_stacks(self) -> dict[str, list[ServiceRow]]:
+        with self._read() as s:
+            stacks: dict[str, list[ServiceRow]] = {}
+            for row in s.scalars(select(ServiceRow).where(ServiceRow.stack.is_not(None)).order_by(ServiceRow.name)):
+                stacks.setdefault(str(row.stack), []).append(row)
+            return stacks
+
+    def delete_stack(self, stack: str) -> list[str]:
+        """Remove every service of a stack; return the hosts whose sets changed."""
+        with self._write() as s:
+            rows = list(s.scalars(select(ServiceRow).where(ServiceRow.stack == stack)))
+            if not rows:
+                raise NotFoundError(f"no stack {stack!r}")
+            hosts: list[str] = []
+            for row in rows:
+                hosts.extend(self._delete_service(s, row))
+            return sorted(set(hosts))
 
     def list_services(self) -> list[ServiceRow]:
         with self._read() as s:
@@ -286,29 +441,35 @@ class Store:
                 raise NotFoundError(f"no service {name!r}")
             return row
 
+    @staticmethod
+    def _service_row(s: Session, name: str) -> ServiceRow:
+        row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no service {name!r}")
+        return row
+
     def set_replicas(self, name: str, replicas: int) -> ServiceRow:
         with self._write() as s:
-            row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
-            if row is None:
-                raise NotFoundError(f"no service {name!r}")
+            row = self._service_row(s, name)
             row.replicas = replicas
             row.updated_at = self.clock()
             self._changed(s)
+            self._event(s, "service", "scaled", name, replicas=replicas)
             return row
 
     def delete_service(self, name: str) -> list[str]:
         """Delete a service and its instances; return the hosts whose sets changed."""
         with self._write() as s:
-            row = s.scalars(select(ServiceRow).where(ServiceRow.name == name)).first()
-            if row is None:
-                raise NotFoundError(f"no service {name!r}")
-            hosts = sorted(set(s.scalars(select(InstanceRow.host_id)
-                                         .where(InstanceRow.service_id == row.id))))
-            s.execute(delete(InstanceRow).where(InstanceRow.service_id == row.id))
-            s.delete(row)
-            self._bump(s, hosts)
-            self._changed(s)
-            return hosts
+            return self._delete_service(s, self._service_row(s, name))
+
+    def _delete_service(self, s: Session, row: ServiceRow) -> list[str]:
+        hosts = sorted(set(s.scalars(select(InstanceRow.host_id).where(InstanceRow.service_id == row.id))))
+        s.execute(delete(InstanceRow).where(InstanceRow.service_id == row.id))
+        s.delete(row)
+        self._bump(s, hosts)
+        self._changed(s)
+        self._event(s, "service", "removed", row.name)
+        return hosts
 
     def set_resolution(self, service_id: str, resolution: dict[str, Any] | None,
                        pending_reason: str | None = None) -> None:
@@ -367,7 +528,8 @@ class Store:
 
     def apply_service_plan(self, service_id: str, add: Iterable[NewInstance], remove: Iterable[str],
                            pending_reason: str | None, replicas: int | None = None,
-                           expect_revision: int | None = None) -> list[str]:
+                           expect_revision: int | None = None, update_state: dict[str, Any] | None = None,
+                           event: str | None = None) -> list[str]:
         """Add and remove a service's instances in one transaction.
 
         With ``expect_revision``, the change is made only if the cluster revision
@@ -384,18 +546,29 @@ class Store:
                 return []
             hosts: set[str] = set()
             if remove:
-                hosts.update(s.scalars(select(InstanceRow.host_id).where(InstanceRow.id.in_(remove))))
+                for inst_id, host_id, slot in s.execute(select(InstanceRow.id, InstanceRow.host_id, InstanceRow.slot)
+                                                        .where(InstanceRow.id.in_(remove))):
+                    hosts.add(host_id)
+                    self._event(s, "instance", "removed", svc.name, id=inst_id, slot=slot, host_id=host_id)
                 s.execute(delete(InstanceRow).where(InstanceRow.id.in_(remove)))
             for new in add:
                 hosts.add(new.host_id)
                 s.add(InstanceRow(id=new.spec.id, service_id=service_id, host_id=new.host_id,
                                   slot=new.slot, spec=new.spec.to_dict(), platform=new.platform,
                                   emulated=new.emulated, state="pending", exit_code=None, error="",
-                                  container_id="", restarts=0, since=now, created_at=now))
+                                  container_id="", restarts=0, since=now, created_at=now,
+                                  spec_version=new.spec_version, health=""))
+                self._event(s, "instance", "placed", svc.name, id=new.spec.id, slot=new.slot, host_id=new.host_id,
+                            version=new.spec_version)
             if svc.pending_reason != pending_reason:
                 svc.pending_reason = pending_reason
             if replicas is not None and svc.replicas != replicas:  # global services: hosts that qualify
                 svc.replicas = replicas
+            if update_state is not None:
+                svc.update_state = update_state
+                if event:
+                    self._event(s, "service", event, svc.name, version=svc.version,
+                                message=update_state.get("message") or None)
             self._bump(s, sorted(hosts))
             return sorted(hosts)
 
@@ -403,6 +576,31 @@ class Store:
         """Make these hosts fetch their desired sets again (e.g. new pull credentials)."""
         with self._write() as s:
             self._bump(s, host_ids)
+
+    # -- events ---------------------------------------------------------------------
+
+    def _event(self, s: Session, type_: str, action: str, subject: str, **attrs: Any) -> None:
+        s.add(EventRow(ts=self.clock(), type=type_, action=action, subject=subject,
+                       attrs={k: v for k, v in attrs.items() if v is not None}))
+
+    def list_events(self, after_id: int = 0, since: float | None = None, limit: int = 1000) -> list[EventRow]:
+        """Events after ``after_id`` (and at or after ``since``), oldest first."""
+        with self._read() as s:
+            q = select(EventRow).where(EventRow.id > after_id)
+            if since is not None:
+                q = q.where(EventRow.ts >= since)
+            return list(s.scalars(q.order_by(EventRow.id).limit(limit)))
+
+    def last_event_id(self) -> int:
+        with self._read() as s:
+            return int(s.scalar(select(func.max(EventRow.id))) or 0)
+
+    def prune_events(self, keep: int) -> int:
+        """Keep the newest ``keep`` events; return how many went."""
+        with self._write() as s:
+            newest = s.scalar(select(func.max(EventRow.id))) or 0
+            result = s.execute(delete(EventRow).where(EventRow.id <= newest - keep))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     @staticmethod
     def _changed(s: Session, expect: int | None = None) -> None:

@@ -47,6 +47,11 @@ class ServiceRow(Base):
     resolution: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    stack: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    # every spec change (an update or a rollback) is a new version; instances record theirs
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    previous_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # for a rollback
+    update_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # rolling update progress
 
 
 class InstanceRow(Base):
@@ -66,6 +71,21 @@ class InstanceRow(Base):
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     since: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
+    spec_version: Mapped[int] = mapped_column(Integer, default=1)
+    health: Mapped[str] = mapped_column(String(16), default="")  # "", starting, healthy, unhealthy
+
+
+class EventRow(Base):
+    """The event log: hosts, services and instances; ``corral events`` reads it."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    type: Mapped[str] = mapped_column(String(16))  # host | service | instance
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))  # the host's or service's name
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class TokenRow(Base):

@@ -9,7 +9,7 @@ import pytest
 from corral import model
 from corral.agent.reconciler import Reconciler
 from corral.agent.runtime.docker import DockerError
-from corral.model import DesiredSet, InstanceSpec, RestartPolicy
+from corral.model import DesiredSet, HealthcheckSpec, InstanceSpec, RestartPolicy, VolumeSpec
 from tests.unit.fake_docker import FakeDocker
 
 IMG = "127.0.0.1:5000/corral/busybox:1"
@@ -165,3 +165,147 @@ def test_gpu_instances_ask_the_engine_for_gpus_unless_they_are_fake(fake: bool) 
 def test_the_gpu_field_leaves_older_spec_hashes_alone() -> None:
     assert spec("a").spec_hash() == spec("a", gpus=0).spec_hash() != spec("a", gpus=1).spec_hash()
     assert InstanceSpec.from_dict(spec("a", gpus=2).to_dict()).gpus == 2
+
+
+# -- the whole container spec, health -------------------------------------------------------
+
+CHECK = HealthcheckSpec(test=["CMD-SHELL", "test -f /tmp/ok"], interval=1.0, timeout=0.5, retries=2)
+
+
+def test_every_container_option_is_passed_to_the_engine(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    volumes = [VolumeSpec("volume", "data", "/data"), VolumeSpec("bind", "/etc/app", "/conf", read_only=True)]
+    rec.set_desired(DesiredSet(1, [spec("a", entrypoint=["/bin/sh", "-c"], working_dir="/srv", user="1000:1000",
+                                        hostname="web-1", volumes=volumes, healthcheck=CHECK, stop_grace_period=3.5,
+                                        cpu_limit=0.5, memory_limit=64 << 20)]))
+    rec.run_once(wait=True)
+    (c,) = docker.containers.values()
+    assert c["options"] == {
+        "entrypoint": ["/bin/sh", "-c"], "working_dir": "/srv", "user": "1000:1000", "hostname": "web-1",
+        "volumes": volumes, "volume_labels": {model.LABEL_MANAGED: "1", model.LABEL_HOST: "host-1"},
+        "healthcheck": CHECK, "stop_grace_period": 3.5, "cpu_limit": 0.5, "memory_limit": 64 << 20,
+    }
+    assert states(rec) == {"a": "running"}
+
+
+def test_defaults_leave_the_image_and_the_engine_to_decide(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once(wait=True)
+    (c,) = docker.containers.values()
+    assert {k: v for k, v in c["options"].items() if k != "volume_labels"} == {
+        "entrypoint": None, "working_dir": None, "user": None, "hostname": None, "volumes": [],
+        "healthcheck": None, "stop_grace_period": None, "cpu_limit": None, "memory_limit": None}
+
+
+def test_a_create_the_engine_refuses_is_reported(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    docker.fail_create = 'invalid mount config for type "bind": bind source path does not exist: /nope'
+    rec.set_desired(DesiredSet(1, [spec("a", volumes=[VolumeSpec("bind", "/nope", "/x")])]))
+    rec.run_once(wait=True)
+    st = rec.statuses()[0]
+    assert st.state == model.FAILED and "/nope" in st.error
+    assert rec.next_due == 1005.0  # tried again later
+
+
+def test_health_is_reported_and_follows_the_healthcheck(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, clock = env
+    rec.set_desired(DesiredSet(1, [spec("a", healthcheck=CHECK), spec("b", 2)]))
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)
+    health = {s.instance_id: s.health for s in rec.statuses()}
+    assert health == {"a": model.HEALTH_STARTING, "b": ""}
+    (cid,) = [k for k, c in docker.containers.items() if c["name"] == "web.1.a"]
+    since = next(s.since for s in rec.statuses() if s.instance_id == "a")
+    clock.t += 3
+    docker.set_health(cid, model.HEALTHY)
+    rec.run_once(wait=True)
+    st = next(s for s in rec.statuses() if s.instance_id == "a")
+    assert (st.state, st.health, st.container_id, st.since) == (model.RUNNING, model.HEALTHY, cid, since)
+    assert st.to_dict()["health"] == "healthy"
+    assert "health" not in next(s for s in rec.statuses() if s.instance_id == "b").to_dict()
+
+
+def _go_unhealthy(docker: FakeDocker, rec: Reconciler) -> str:
+    (cid,) = [k for k, c in docker.containers.items() if c["state"] == "running"]
+    docker.set_health(cid, model.UNHEALTHY, "no /tmp/ok\n")
+    rec.run_once(wait=True)
+    return cid
+
+
+@pytest.mark.parametrize("condition", ["any", "on-failure"])
+def test_an_unhealthy_container_is_stopped_and_replaced_after_the_backoff(
+        condition: str, env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, clock = env
+    rec.set_desired(DesiredSet(1, [spec("a", healthcheck=CHECK, stop_grace_period=2.5,
+                                        restart=RestartPolicy(condition, delay=2.0))]))  # type: ignore[arg-type]
+    rec.run_once(wait=True)
+    old = _go_unhealthy(docker, rec)
+    assert docker.containers[old]["state"] == "exited" and docker.stop_timeouts[old] == 3  # its grace period
+    st = rec.statuses()[0]
+    assert (st.state, st.health, st.restarts) == (model.RESTARTING, model.UNHEALTHY, 0)
+    assert "unhealthy" in st.error and rec.next_due == clock.t + 2.0
+    rec.run_once(wait=True)  # not yet
+    assert list(docker.containers) == [old]
+    clock.t += 2.0
+    rec.run_once(wait=True)
+    (new,) = docker.containers
+    assert new != old and docker.containers[new]["state"] == "running"
+    st = rec.statuses()[0]
+    assert (st.state, st.container_id, st.restarts, st.health) == (model.RUNNING, new, 1, "")
+
+
+def test_unhealthy_with_restart_policy_none_stays_down(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, clock = env
+    rec.set_desired(DesiredSet(1, [spec("a", healthcheck=CHECK, restart=RestartPolicy("none"))]))
+    rec.run_once(wait=True)
+    old = _go_unhealthy(docker, rec)
+    for _ in range(2):
+        clock.t += 60
+        rec.run_once(wait=True)
+    assert list(docker.containers) == [old] and docker.containers[old]["state"] == "exited"  # kept, for its logs
+    assert docker.stop_timeouts[old] == 10  # no grace period in the spec: the engine's default
+    st = rec.statuses()[0]
+    assert (st.state, st.restarts, st.health) == (model.EXITED, 0, model.UNHEALTHY)
+    assert st.error == "unhealthy: no /tmp/ok; restart policy is none"
+
+
+def test_unhealthy_replacements_respect_max_attempts(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, clock = env
+    rec.set_desired(DesiredSet(1, [spec("a", healthcheck=CHECK, restart=RestartPolicy("any", 1, 1.0))]))
+    rec.run_once(wait=True)
+    _go_unhealthy(docker, rec)
+    clock.t += 1.0
+    rec.run_once(wait=True)
+    assert rec.statuses()[0].restarts == 1
+    last = _go_unhealthy(docker, rec)
+    clock.t += 60
+    rec.run_once(wait=True)
+    assert list(docker.containers) == [last]
+    st = rec.statuses()[0]
+    assert (st.state, st.restarts) == (model.EXITED, 1) and "gave up after 1 restart attempts" in st.error
+    assert docker.calls.count(("create", "web.1.a")) == 2
+
+
+def test_a_spec_change_revives_an_instance_that_gave_up(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a", healthcheck=CHECK, restart=RestartPolicy("none"))]))
+    rec.run_once(wait=True)
+    old = _go_unhealthy(docker, rec)
+    rec.set_desired(DesiredSet(2, [spec("a", healthcheck=CHECK, env={"FIXED": "1"}, restart=RestartPolicy("none"))]))
+    rec.run_once(wait=True)
+    (new,) = docker.containers
+    assert new != old and rec.statuses()[0].state == model.RUNNING
+
+
+@pytest.mark.parametrize("grace, expected", [(None, 10), (0.2, 1), (30.0, 30)])
+def test_removed_containers_get_their_own_grace_period(grace: float | None, expected: float,
+                                                       env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a", stop_grace_period=grace), spec("b", 2, stop_grace_period=grace)]))
+    rec.run_once(wait=True)
+    a, b = docker.containers
+    rec.set_desired(DesiredSet(2, [spec("b", 2, stop_grace_period=5.0)]))  # a: gone; b: new spec
+    rec.run_once(wait=True)
+    assert docker.stop_timeouts == {a: expected, b: expected}
+    assert [c["options"]["stop_grace_period"] for c in docker.containers.values()] == [5.0]

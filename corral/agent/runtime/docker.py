@@ -36,6 +36,7 @@ import base64
 import contextlib
 import http.client
 import json
+import math
 import os
 import socket
 import threading
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from corral.model import PortSpec
+from corral.model import HealthcheckSpec, PortSpec, VolumeSpec
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -58,6 +59,7 @@ __all__ = [
     "NotFound",
     "PullError",
     "Stream",
+    "health_of",
     "split_reference",
 ]
 
@@ -65,6 +67,8 @@ MAX_API_VERSION = "1.41"
 DEFAULT_BASE_URL = "unix:///var/run/docker.sock"
 _RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 _STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
+# The engine's Status text of a running container ends with its health: "Up 3 seconds (healthy)"
+_HEALTH_IN_STATUS = {"(health: starting)": "starting", "(healthy)": "healthy", "(unhealthy)": "unhealthy"}
 
 T = TypeVar("T")
 
@@ -106,8 +110,59 @@ class ContainerInfo:
     image: str
     labels: dict[str, str] = field(hash=False)
     state: str  # running, exited, created, restarting, paused, dead, removing
-    status: str  # human text: "Up 3 seconds", "Exited (0) 2 minutes ago"
+    status: str  # human text: "Up 3 seconds", "Exited (0) 2 minutes ago", "Up 1 minute (healthy)"
     created: int
+    health: str = ""  # State.Health.Status: "", "starting", "healthy", "unhealthy" ("" when not running)
+
+
+def health_of(inspected: dict[str, Any]) -> str:
+    """State.Health.Status of an inspected container: "" when it has no healthcheck or is not running."""
+    state = inspected.get("State") or {}
+    if not state.get("Running"):
+        return ""
+    return str((state.get("Health") or {}).get("Status") or "")
+
+
+def _health_from_status(status: str) -> str:
+    for suffix, health in _HEALTH_IN_STATUS.items():
+        if status.endswith(suffix):
+            return health
+    return ""
+
+
+def _label_filter(labels: dict[str, str] | None) -> str | None:
+    """The ``filters`` parameter matching every label (``value ""``: any value); None for no labels."""
+    if not labels:
+        return None
+    return json.dumps({"label": [f"{k}={v}" if v else k for k, v in labels.items()]})
+
+
+def _nanoseconds(seconds: float | None) -> int:
+    return 0 if seconds is None else int(round(seconds * 1e9))
+
+
+def _healthcheck_config(hc: HealthcheckSpec) -> dict[str, Any]:
+    """Engine API HealthConfig; zero durations and retries inherit the image's (or the default)."""
+    if hc.disable:
+        return {"Test": ["NONE"]}
+    out: dict[str, Any] = {
+        "Interval": _nanoseconds(hc.interval),
+        "Timeout": _nanoseconds(hc.timeout),
+        "StartPeriod": _nanoseconds(hc.start_period),
+        "Retries": int(hc.retries or 0),
+    }
+    if hc.test is not None:
+        out["Test"] = list(hc.test)
+    return out
+
+
+def _mount(v: VolumeSpec, volume_labels: dict[str, str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"Type": v.type, "Target": v.target, "ReadOnly": bool(v.read_only)}
+    if v.source:
+        out["Source"] = v.source
+    if v.type == "volume" and volume_labels:
+        out["VolumeOptions"] = {"Labels": dict(volume_labels)}  # applied when the engine creates it
+    return out
 
 
 def split_reference(ref: str) -> tuple[str, str]:
@@ -535,12 +590,29 @@ class DockerClient:
         restart_policy: str = "no",
         init: bool = False,
         gpus: int = 0,
+        entrypoint: list[str] | None = None,
+        working_dir: str | None = None,
+        user: str | None = None,
+        hostname: str | None = None,
+        volumes: list[VolumeSpec] | None = None,
+        volume_labels: dict[str, str] | None = None,
+        healthcheck: HealthcheckSpec | None = None,
+        stop_grace_period: float | None = None,
+        cpu_limit: float | None = None,
+        memory_limit: int | None = None,
     ) -> str:
         """Create a container and return its id.
 
         ``restart_policy`` is ``no``, ``always``, ``unless-stopped``, ``on-failure``
         or ``on-failure:N``.  Ports are published on all host addresses.  ``gpus``
         asks the engine's NVIDIA runtime for that many GPUs (``docker run --gpus N``).
+        ``entrypoint`` None keeps the image's, ``[]`` clears it.  ``volumes`` become
+        mounts: a named volume is created by the engine on first use (with
+        ``volume_labels``); a bind source that does not exist on the host is an
+        error (400, naming the path).  ``healthcheck`` None keeps the image's.
+        ``stop_grace_period`` (seconds, rounded up) becomes the container's
+        StopTimeout, which a ``stop()`` without a timeout honours.  ``cpu_limit``
+        is in CPUs, ``memory_limit`` in bytes.
         """
         policy, _, retries = restart_policy.partition(":")
         if policy not in _RESTART_POLICIES:
@@ -558,6 +630,12 @@ class DockerClient:
         }
         if gpus:
             host_config["DeviceRequests"] = [{"Driver": "nvidia", "Count": int(gpus), "Capabilities": [["gpu"]]}]
+        if volumes:
+            host_config["Mounts"] = [_mount(v, volume_labels) for v in volumes]
+        if cpu_limit is not None:
+            host_config["NanoCpus"] = _nanoseconds(cpu_limit)
+        if memory_limit is not None:
+            host_config["Memory"] = int(memory_limit)
         body: dict[str, Any] = {
             "Image": image,
             "Env": [f"{k}={v}" for k, v in (env or {}).items()],
@@ -567,6 +645,11 @@ class DockerClient:
         }
         if command is not None:
             body["Cmd"] = list(command)
+        optional = {"Entrypoint": None if entrypoint is None else list(entrypoint), "WorkingDir": working_dir,
+                     "User": user, "Hostname": hostname,
+                     "Healthcheck": None if healthcheck is None else _healthcheck_config(healthcheck),
+                     "StopTimeout": None if stop_grace_period is None else math.ceil(stop_grace_period)}
+        body.update((k, v) for k, v in optional.items() if v is not None)
         data = self._json("POST", "/containers/create", {"name": name}, body)
         return str(data["Id"])
 
@@ -574,14 +657,15 @@ class DockerClient:
         """Start a container; already running (304) is fine."""
         self._call("POST", f"/containers/{quote(cid)}/start", ok=(304,))
 
-    def stop(self, cid: str, timeout: int = 10) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; already stopped (304) is fine."""
+    def stop(self, cid: str, timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s (rounded up); already stopped (304) is fine."""
+        seconds = math.ceil(timeout)
         self._call(
             "POST",
             f"/containers/{quote(cid)}/stop",
-            {"t": int(timeout)},
+            {"t": seconds},
             ok=(304,),
-            timeout=self.timeout + timeout,
+            timeout=self.timeout + seconds,
         )
 
     def kill(self, cid: str, signal: str = "KILL") -> None:
@@ -601,11 +685,7 @@ class DockerClient:
         self, labels: dict[str, str] | None = None, all: bool = True
     ) -> list[ContainerInfo]:
         """Containers carrying every given label (``value ""`` matches any value)."""
-        params: dict[str, Any] = {"all": "1" if all else "0"}
-        if labels:
-            params["filters"] = json.dumps(
-                {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
-            )
+        params: dict[str, Any] = {"all": "1" if all else "0", "filters": _label_filter(labels)}
         rows = self._json("GET", "/containers/json", params) or []
         out = []
         for row in rows:
@@ -619,6 +699,8 @@ class DockerClient:
                     state=str(row.get("State", "")),
                     status=str(row.get("Status", "")),
                     created=int(row.get("Created") or 0),
+                    health=_health_from_status(str(row.get("Status", "")))
+                    if row.get("State") == "running" else "",
                 )
             )
         return out
@@ -626,6 +708,17 @@ class DockerClient:
     def inspect_container(self, cid: str) -> dict[str, Any]:
         """``GET /containers/{id}/json``; :class:`NotFound` if missing."""
         return dict(self._json("GET", f"/containers/{quote(cid)}/json"))
+
+    # -- volumes -------------------------------------------------------------------
+
+    def list_volumes(self, labels: dict[str, str] | None = None) -> list[str]:
+        """Names of the volumes carrying every given label (``value ""`` matches any value)."""
+        data = self._json("GET", "/volumes", {"filters": _label_filter(labels)}) or {}
+        return sorted(str(v["Name"]) for v in data.get("Volumes") or [])
+
+    def remove_volume(self, name: str, force: bool = False) -> None:
+        """Remove a volume; a missing one (404) is fine, one in use is a :class:`Conflict`."""
+        self._call("DELETE", f"/volumes/{quote(name)}", {"force": "1" if force else "0"}, ok=(404,))
 
     # -- streams -------------------------------------------------------------------
 
