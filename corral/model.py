@@ -48,6 +48,9 @@ class PortSpec:
     published: int
     target: int
     protocol: str = "tcp"
+    # host: the container's port is bound on the host (one instance per host);
+    # ingress: the agent's proxy answers on the host and forwards to the host's ready instances
+    mode: str = "host"
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ class InstanceSpec:
         body = self.to_dict()
         body.pop("restart")  # the agent applies it; changing it needs no new container
         body.pop("registry_auth")
+        for port in body["ports"]:  # added later, like the fields below
+            if port["mode"] == "host":
+                del port["mode"]
         for f in fields(self):  # added later: at their defaults they leave older specs' hashes as they were
             if f.name in _ADDED_LATER and getattr(self, f.name) == _default(f):
                 body.pop(f.name)

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from corral.agent import facts as facts_mod
+from corral.agent.ingress import Ingress
 from corral.agent.logs import LogSender
 from corral.agent.reconciler import Reconciler
 from corral.agent.runtime.docker import DockerClient, DockerError
@@ -54,8 +55,9 @@ class Agent:
         self._facts_sent: dict[str, Any] | None = None
         self._facts: dict[str, Any] = {}
         self._facts_at = 0.0
+        self.ingress = Ingress()
         self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed, on_work_done=self.poke,
-                                     fake_gpus=fake_gpus > 0)
+                                     fake_gpus=fake_gpus > 0, ingress=self.ingress)
         self.logs = LogSender(session, docker, host_id)
         saved = state.desired()
         if saved is not None:

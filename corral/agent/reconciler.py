@@ -23,9 +23,9 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from corral import model
 from corral.agent.restart import RestartBook, on_exit
@@ -36,6 +36,7 @@ log = logging.getLogger("corral.agent")
 
 PULL_RETRY = 10.0
 STOP_GRACE = 10  # seconds, the engine's default, for containers created without a grace period
+INGRESS_DRAIN = 1.0  # seconds between leaving the ingress rotation and being stopped
 
 
 def parse_docker_time(text: str) -> float:
@@ -50,7 +51,8 @@ def parse_docker_time(text: str) -> float:
 class Reconciler:
     def __init__(self, docker: DockerClient, host_id: str, on_change: Callable[[], None],
                  clock: Callable[[], float] = time.time, workers: int = 4,
-                 on_work_done: Callable[[], None] | None = None, fake_gpus: bool = False) -> None:
+                 on_work_done: Callable[[], None] | None = None, fake_gpus: bool = False,
+                 ingress: IngressTable | None = None) -> None:
         self.docker = docker
         self.fake_gpus = fake_gpus  # test beds: GPUs exist only in the facts, so none are requested
         self.host_id = host_id
@@ -67,6 +69,9 @@ class Reconciler:
         self._pull_retry_at: dict[str, float] = {}
         self._statuses: dict[str, InstanceStatus] = {}
         self.next_due: float = float("inf")  # earliest pending restart or pull retry
+        self._ingress = ingress
+        self._routes: dict[int, list[tuple[str, int]]] = {}
+        self._draining: set[str] = set()  # containers just taken out of the ingress rotation
 
     # -- inputs and outputs ---------------------------------------------------
 
@@ -117,6 +122,7 @@ class Reconciler:
             by_instance.setdefault(c.labels.get(model.LABEL_INSTANCE, ""), []).append(c)
         wanted = {i.id for i in desired.instances}
         self.next_due = float("inf")
+        self._route(desired, by_instance)
         jobs = [self._submit(self._pool, spec.id, self._ensure, spec, by_instance.get(spec.id, []))
                 for spec in desired.instances]
         jobs += [self._submit(self._removals, c.id, self._remove, c)
@@ -146,8 +152,33 @@ class Reconciler:
 
         return pool.submit(job)
 
+    def _route(self, desired: DesiredSet, by_instance: dict[str, list[ContainerInfo]]) -> None:
+        """Point each ingress port at the ready containers of the current desired set."""
+        if self._ingress is None:
+            return
+        routes: dict[int, list[tuple[str, int]]] = {}
+        for spec in desired.instances:
+            ports = [p for p in spec.ports if p.mode == "ingress" and p.protocol == "tcp"]
+            if not ports:
+                continue
+            ready = [c for c in by_instance.get(spec.id, []) if c.state == "running" and c.ip
+                     and c.health not in (model.HEALTH_STARTING, model.UNHEALTHY)
+                     and c.labels.get(model.LABEL_SPEC) == spec.spec_hash()]
+            for p in ports:
+                routes.setdefault(p.published, []).extend((c.ip, p.target) for c in ready)
+        if routes != self._routes:
+            before = {b for bs in self._routes.values() for b in bs}
+            after = {b for bs in routes.values() for b in bs}
+            gone = {ip for ip, _ in before - after}
+            self._draining |= {c.id for cs in by_instance.values() for c in cs if c.ip in gone}
+            self._ingress.update(routes)
+            self._routes = routes
+
     def _remove(self, c: ContainerInfo, why: str = "no longer desired") -> None:
         log.info("removing %s (%s)", c.name, why)
+        if c.id in self._draining:  # out of the ingress rotation: let connections already sent to it land
+            self._draining.discard(c.id)
+            time.sleep(INGRESS_DRAIN)
         try:
             if c.state == "running":
                 self.docker.stop(c.id, timeout=stop_grace(self.docker.inspect_container(c.id)))
@@ -294,6 +325,10 @@ class Reconciler:
             self._due(now + 5)
             return
         self._report(spec.id, model.RUNNING, container_id=cid)
+
+
+class IngressTable(Protocol):
+    def update(self, routes: Mapping[int, list[tuple[str, int]]]) -> None: ...
 
 
 def stop_grace(inspected: dict[str, Any]) -> float:

@@ -26,6 +26,17 @@ class PortIn(Strict):
     published: int = Field(ge=1, le=65535)
     target: int = Field(ge=1, le=65535)
     protocol: Literal["tcp", "udp"] = "tcp"
+    # ingress: every host running the service answers and forwards to its ready instances
+    # (several per host); host: bound on the host by the one instance there
+    mode: Literal["ingress", "host"] = None  # type: ignore[assignment]  # default: ingress for tcp, host for udp
+
+    @model_validator(mode="after")
+    def _ingress_tcp(self) -> PortIn:
+        if self.mode is None:
+            self.mode = "ingress" if self.protocol == "tcp" else "host"
+        if self.mode == "ingress" and self.protocol != "tcp":
+            raise ValueError(f"port {self.published}/{self.protocol}: ingress publishes tcp only; use mode host")
+        return self
 
 
 class RestartIn(Strict):
@@ -194,6 +205,22 @@ class ServiceCreate(Strict):
 _OPTIONAL = ("reservations", "max_replicas_per_node", "entrypoint", "working_dir", "user", "hostname", "volumes",
              "healthcheck", "stop_grace_period", "limits", "update_config", "rollback_config", "service_labels",
              "networks", "platform_preference")
+
+
+def port_conflicts(name: str, spec: dict[str, Any], others: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A published port in ingress mode is the cluster's for one service: it answers on every host."""
+    errors = []
+    mine = [(p["published"], p.get("protocol", "tcp"), p.get("mode", "host")) for p in spec.get("ports") or []]
+    for other, other_spec in others:
+        if other == name:
+            continue
+        for p in other_spec.get("ports") or []:
+            key, mode = (p["published"], p.get("protocol", "tcp")), p.get("mode", "host")
+            for published, protocol, my_mode in mine:
+                if (published, protocol) == key and "ingress" in (mode, my_mode):
+                    errors.append(f"port {published}/{protocol} is already published by service {other}"
+                                  + (" (in ingress mode, on every host)" if mode == "ingress" else ""))
+    return errors
 
 
 class ServiceUpdate(Strict):

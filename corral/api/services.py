@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from corral.api.auth import require_admin, server_state
 from corral.api.errors import store_errors
-from corral.api.schemas import ServiceCreate, ServiceScale, ServiceUpdate
+from corral.api.schemas import ServiceCreate, ServiceScale, ServiceUpdate, port_conflicts
 from corral.api.views import instance_json, service_json
 from corral.scheduler.placement import validate
 from corral.server.state import ServerState
@@ -28,9 +28,14 @@ def _service_body(state: ServerState, name: str, with_instances: bool = True) ->
     return service_json(row, state.store.list_instances(service_id=row.id), hosts, with_instances)
 
 
+def _port_conflicts(state: ServerState, name: str, spec: dict[str, Any]) -> list[str]:
+    return port_conflicts(name, spec, [(s.name, s.spec) for s in state.store.list_services()])
+
+
 @router.post("/services", status_code=201)
 def create_service(body: ServiceCreate, state: ServerState = Depends(server_state)) -> dict[str, Any]:
-    errors = validate(body.spec(), state.services.snapshot(), body.name)
+    errors = validate(body.spec(), state.services.snapshot(), body.name) + _port_conflicts(state, body.name,
+                                                                                          body.spec())
     if errors:
         raise HTTPException(422, "; ".join(errors))
     with store_errors():
@@ -73,7 +78,7 @@ def update_service(name: str, body: ServiceUpdate, state: ServerState = Depends(
     except ValidationError as exc:
         raise HTTPException(422, "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                            for e in exc.errors())) from None
-    errors = validate(new.spec(), state.services.snapshot(), name)
+    errors = validate(new.spec(), state.services.snapshot(), name) + _port_conflicts(state, name, new.spec())
     if errors:
         raise HTTPException(422, "; ".join(errors))
     with store_errors():

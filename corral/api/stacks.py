@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from corral.api.auth import require_admin, server_state
 from corral.api.errors import store_errors
-from corral.api.schemas import _NAME, STACK_SEPARATOR, ServiceCreate, StackDeploy
+from corral.api.schemas import _NAME, STACK_SEPARATOR, ServiceCreate, StackDeploy, port_conflicts
 from corral.api.views import instance_json, service_json
 from corral.scheduler.placement import validate
 from corral.server.state import ServerState
@@ -37,6 +37,9 @@ def _validated(stack: str, body: StackDeploy, state: ServerState) -> list[StackS
     out: list[StackService] = []
     snapshot = state.services.snapshot()
     names: set[str] = set()
+    full = {f"{stack}{STACK_SEPARATOR}{raw.get('name', '')}" for raw in body.services}
+    # the stack's own services (as they are now, or as this deploy makes them) do not count twice
+    others = [(s.name, s.spec) for s in state.store.list_services() if s.name not in full]
     for i, raw in enumerate(body.services):
         bare = str(raw.get("name", ""))
         where = f"services.{bare or i}"
@@ -52,6 +55,8 @@ def _validated(stack: str, body: StackDeploy, state: ServerState) -> list[StackS
                 errors.append(f"{where}{'.' + loc if loc else ''}: {e['msg']}")
             continue
         errors += [f"{where}: {e}" for e in validate(svc.spec(), snapshot, svc.name)]
+        errors += [f"{where}: {e}" for e in port_conflicts(svc.name, svc.spec(), others)]
+        others.append((svc.name, svc.spec()))
         out.append(StackService(svc.name, svc.spec(), svc.replicas))
     if errors:
         raise HTTPException(422, "; ".join(errors))

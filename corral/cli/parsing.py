@@ -44,7 +44,9 @@ def parse_port(text: str) -> JSONDict:
             raise ArgumentProblem(f"{text!r}: port {port} is not in 1-65535")
     if protocol not in ("tcp", "udp"):
         raise ArgumentProblem(f"{text!r}: the protocol must be tcp or udp")
-    return {"published": published, "target": target, "protocol": protocol}
+    # tcp goes through the ingress proxy (several instances per host, no gap in updates); udp is bound
+    return {"published": published, "target": target, "protocol": protocol,
+            "mode": "ingress" if protocol == "tcp" else "host"}
 
 
 def parse_label(text: str) -> tuple[str, str]:

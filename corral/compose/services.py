@@ -277,7 +277,12 @@ def _ports(ports: list[dict[str, Any]], path: Path, p: Problems) -> list[dict[st
             p.error(path, f"published port {port['published']}/{protocol} is given twice")
             continue
         seen.add((port["published"], protocol))
-        out.append({"published": port["published"], "target": port["target"], "protocol": protocol})
+        # the compose and Swarm default is ingress; Corral's ingress carries tcp, so udp is bound by default
+        mode = port.get("mode") or ("ingress" if protocol == "tcp" else "host")
+        if mode == "ingress" and protocol != "tcp":
+            p.error(path, f"port {port['published']}:{label}: ingress publishes tcp only; use mode: host for udp")
+            continue
+        out.append({"published": port["published"], "target": port["target"], "protocol": protocol, "mode": mode})
     return out
 
 

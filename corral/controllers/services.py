@@ -85,7 +85,8 @@ def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instanc
             platforms=host_platforms(h.platform, h.facts.get("emulated_platforms") or (), bool(h.facts.get("arm32"))),
             labels=h.labels, capacity=capacity_from_facts(h.facts), allocated=allocated,
             ports_in_use=frozenset((p["published"], p.get("protocol", "tcp"))
-                                   for inst in mine for p in inst.spec.get("ports") or []),
+                                   for inst in mine for p in inst.spec.get("ports") or []
+                                   if p.get("mode", "host") == "host"),
             service_counts=Counter(services[i.service_id].name for i in mine), platform=h.platform,
             engine_labels=h.facts.get("engine_labels") or {}, images=frozenset(h.facts.get("images") or ())))
     return Snapshot(tuple(snaps))

@@ -607,8 +607,10 @@ def _parse_spec(name: str, spec: Mapping[str, Any], errors: list[str]) -> dict[s
         errors.append(f"invalid max_replicas_per_node {mrpn!r}: expected a whole number >= 1")
         mrpn = None
     out["max_replicas_per_node"] = mrpn
-    out["ports"] = _parse_ports(spec.get("ports"), errors)
-    out["one_per_host"] = bool(spec.get("ports"))
+    # only ports bound on the host take the host's port (ingress ports go through the agent's proxy)
+    bound = [p for p in spec.get("ports") or [] if not isinstance(p, Mapping) or p.get("mode", "host") == "host"]
+    out["ports"] = _parse_ports(bound, errors)
+    out["one_per_host"] = bool(bound)
     out["allow_emulation"] = bool(spec.get("allow_emulation"))
     out["mode"] = "global" if spec.get("mode") == "global" else "replicated"
     return out

@@ -139,19 +139,27 @@ def test_restart_policy_restarts_a_crashing_container(cluster: Cluster, busybox_
     cluster.remove("crashy")
 
 
-def test_published_port_answers(cluster: Cluster, busybox_image: BuiltImage) -> None:
-    cluster.create(name="webby", image=busybox_image.ref, ports=[{"published": 18080, "target": 80}],
-                   command=["sh", "-c", "mkdir -p /www && echo hello-from-corral > /www/index.html && "
+def test_published_port_answers_through_the_ingress_proxy(cluster: Cluster, busybox_image: BuiltImage) -> None:
+    """Two instances on one host share published port 18080: the agent's proxy answers and balances."""
+    cluster.create(name="webby", image=busybox_image.ref, replicas=2, ports=[{"published": 18080, "target": 80}],
+                   command=["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && "
                             "httpd -f -p 80 -h /www"], constraints=["node.labels.zone==edge"])
-    cluster.wait_running("webby", 1)
+    svc = cluster.wait_running("webby", 2)
+    assert {i["host_name"] for i in svc["instances"]} == {"e2e3"}
     node = next(n for n in cluster.nodes if n.host.name == "e2e3")
     # fetch from inside the host's own namespace (its loopback), never from another address
-    code = ("import urllib.request,sys;"
-            "print(urllib.request.urlopen('http://127.0.0.1:18080/', timeout=5).read().decode())")
-    out = wait_for(lambda: when("hello", subprocess.run(
-        ["nsenter", f"--net={node.host.netns_path}", sys.executable, "-c", code],
-        capture_output=True, text=True).stdout), 30, "httpd answer")
-    assert "hello-from-corral" in out
+    code = ("import urllib.request\nfor _ in range(6):\n"
+            "    print(urllib.request.urlopen('http://127.0.0.1:18080/', timeout=5).read().decode().strip())")
+
+    def answers() -> set[str] | None:
+        out = subprocess.run(["nsenter", f"--net={node.host.netns_path}", sys.executable, "-c", code],
+                             capture_output=True, text=True).stdout
+        seen = {line for line in out.splitlines() if line.startswith("hello-from-")}
+        return seen if len(seen) == 2 else None
+
+    assert len(wait_for(answers, 30, "both instances answering on 18080")) == 2
+    for c in node.containers("webby"):  # nothing is bound on the host by the containers themselves
+        assert not node.docker.inspect_container(c.id)["HostConfig"]["PortBindings"]
     cluster.remove("webby")
 
 

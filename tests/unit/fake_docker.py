@@ -92,7 +92,8 @@ class FakeDocker:
             if (all or c["state"] == "running") and all_labels_match(c["labels"], labels or {}):
                 out.append(ContainerInfo(id=cid, name=c["name"], image=c["image"], labels=c["labels"],
                                          state=c["state"], status="", created=c["created"],
-                                         health=c["health"] if c["state"] == "running" else ""))
+                                         health=c["health"] if c["state"] == "running" else "",
+                                         ip=f"172.17.0.{int(cid[1:]) % 250 + 2}" if c["state"] == "running" else ""))
         return out
 
     def inspect_container(self, cid: str) -> dict[str, Any]:

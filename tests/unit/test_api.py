@@ -239,14 +239,20 @@ def test_labels_add_and_remove(h: Harness) -> None:
                         headers=h.as_admin()).status_code == 422
 
 
-def test_published_ports_place_one_per_host(h: Harness) -> None:
+def test_host_mode_ports_place_one_per_host_and_ingress_ports_share(h: Harness) -> None:
     h.register("a")
     h.register("b")
     r = h.client.post("/api/v1/services", json={"name": "web", "image": "busybox", "replicas": 3,
-                                                 "ports": [{"published": 8080, "target": 80}]}, headers=h.as_admin())
+                                                 "ports": [{"published": 8080, "target": 80, "mode": "host"}]},
+                      headers=h.as_admin())
     body = r.json()
     assert len(body["instances"]) == 2 and len({i["host_id"] for i in body["instances"]}) == 2
     assert "publishes host ports" in body["pending_reason"]
+    r = h.client.post("/api/v1/services", json={"name": "api", "image": "busybox", "replicas": 4,
+                                                 "ports": [{"published": 9090, "target": 80}]}, headers=h.as_admin())
+    body = r.json()
+    assert len(body["instances"]) == 4 and body["pending_reason"] is None
+    assert body["ports"] == [{"published": 9090, "target": 80, "protocol": "tcp", "mode": "ingress"}]
 
 
 def test_cordon_drain_activate(h: Harness) -> None:

@@ -100,9 +100,21 @@ def test_binpack_fills_one_host_first(h: Harness) -> None:
 def test_ports_in_use_by_another_service(h: Harness) -> None:
     board(h, "a")
     board(h, "b")
-    create(h, name="one", ports=[{"published": 8080, "target": 80}], constraints=["node.hostname==a"])
-    create(h, name="two", replicas=2, ports=[{"published": 8080, "target": 80}])
+    host_port = [{"published": 8080, "target": 80, "mode": "host"}]
+    create(h, name="one", ports=host_port, constraints=["node.hostname==a"])
+    create(h, name="two", replicas=2, ports=host_port)
     assert placed(h, "two") == {"b": 1}
+
+
+def test_an_ingress_port_belongs_to_one_service(h: Harness) -> None:
+    board(h, "a")
+    assert create(h, name="one", ports=[{"published": 8080, "target": 80}]).status_code == 201
+    r = create(h, name="two", ports=[{"published": 8080, "target": 80, "mode": "host"}])
+    assert r.status_code == 422 and "8080/tcp is already published by service one" in r.text
+    r = create(h, name="three", ports=[{"published": 8081, "target": 80}, {"published": 8081, "target": 81}])
+    assert r.status_code == 422
+    r = create(h, name="four", ports=[{"published": 53, "target": 53, "protocol": "udp", "mode": "ingress"}])
+    assert r.status_code == 422 and "ingress publishes tcp only" in r.text
 
 
 def test_image_locality_prefers_the_host_that_holds_the_build(h: Harness) -> None:

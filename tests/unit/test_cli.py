@@ -789,8 +789,8 @@ def test_run_detached_sends_the_full_spec(api: FakeServer) -> None:
         "env": {"A": "1", "B": "x=y"},
         "command": ["nginx", "-g", "daemon off;"],
         "ports": [
-            {"published": 8080, "target": 80, "protocol": "tcp"},
-            {"published": 5353, "target": 53, "protocol": "udp"},
+            {"published": 8080, "target": 80, "protocol": "tcp", "mode": "ingress"},
+            {"published": 5353, "target": 53, "protocol": "udp", "mode": "host"},
         ],
         "constraints": ["node.labels.zone==edge"],
         "restart": {"condition": "on-failure", "max_attempts": 5, "delay": 1.0},
@@ -1707,7 +1707,7 @@ def test_parsing_helpers() -> None:
     assert parsing.derive_name("ghcr.io/org/web_app.v2@sha256:abc") == "web-app-v2"
     with pytest.raises(parsing.ArgumentProblem):
         parsing.derive_name("___")
-    assert parsing.parse_port("53:53/UDP") == {"published": 53, "target": 53, "protocol": "udp"}
+    assert parsing.parse_port("53:53/UDP") == {"published": 53, "target": 53, "protocol": "udp", "mode": "host"}
     assert parsing.split_command(["--", "-x"]) == ["-x"]
     assert parsing.split_command(["--"]) is None
     assert parsing.parse_env(["K=", "L=a=b"]) == {"K": "", "L": "a=b"}

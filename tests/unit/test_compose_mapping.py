@@ -31,8 +31,8 @@ def test_web(shop) -> None:
     # env_file first, environment wins; a bare LOG_LEVEL comes from the environment
     assert web["env"] == {"SECRET_KEY": "s3cr3t $not-a-var", "WORKERS": "4", "KV_URL": "redis://kv:6379/0",
                           "LOG_LEVEL": "info"}
-    assert web["ports"] == [{"published": 8080, "target": 8000, "protocol": "tcp"},
-                            {"published": 8443, "target": 8443, "protocol": "tcp"}]
+    assert web["ports"] == [{"published": 8080, "target": 8000, "protocol": "tcp", "mode": "ingress"},
+                            {"published": 8443, "target": 8443, "protocol": "tcp", "mode": "ingress"}]
     assert web["replicas"] == 3 and web["mode"] == "replicated"
     assert web["constraints"] == ["node.labels.zone==edge"]
     assert web["preferences"] == ["spread=node.labels.rack"]
@@ -241,5 +241,5 @@ def test_yaml_is_read_as_yaml_1_2(tmp_path) -> None:
             ports: [22:22]
             environment: {FLAG: yes, OFF: off, DAY: 2024-01-01, MODE: 0755}
         """), "web")
-    assert web["ports"] == [{"published": 22, "target": 22, "protocol": "tcp"}]
+    assert web["ports"] == [{"published": 22, "target": 22, "protocol": "tcp", "mode": "ingress"}]
     assert web["env"] == {"FLAG": "yes", "OFF": "off", "DAY": "2024-01-01", "MODE": "755"}

@@ -86,7 +86,7 @@ def test_the_sample_with_its_production_override(tmp_path) -> None:
     from corral.compose import load_stack
     stack = load_stack([SAMPLES / "shop.yaml", SAMPLES / "prod.override.yaml"], {}, stack="shop")
     web, worker = service(stack, "web"), service(stack, "worker")
-    assert web["ports"] == [{"published": 80, "target": 8000, "protocol": "tcp"}]
+    assert web["ports"] == [{"published": 80, "target": 8000, "protocol": "tcp", "mode": "ingress"}]
     assert web["env"]["LOG_LEVEL"] == "warning"
     assert web["constraints"] == ["node.labels.zone==edge", "node.labels.tier==prod"]
     assert not any(w.startswith("services.worker.cap_add") for w in stack.warnings)

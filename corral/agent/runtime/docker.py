@@ -113,6 +113,12 @@ class ContainerInfo:
     status: str  # human text: "Up 3 seconds", "Exited (0) 2 minutes ago", "Up 1 minute (healthy)"
     created: int
     health: str = ""  # State.Health.Status: "", "starting", "healthy", "unhealthy" ("" when not running)
+    ip: str = ""  # its address on its (first) network, for the ingress proxy
+
+
+def _first_ip(row: dict[str, Any]) -> str:
+    networks = ((row.get("NetworkSettings") or {}).get("Networks") or {}).values()
+    return next((str(n["IPAddress"]) for n in networks if n.get("IPAddress")), "")
 
 
 def health_of(inspected: dict[str, Any]) -> str:
@@ -622,7 +628,8 @@ class DockerClient:
         for p in ports or []:
             key = f"{p.target}/{p.protocol}"
             exposed[key] = {}
-            bindings.setdefault(key, []).append({"HostIp": "", "HostPort": str(p.published)})
+            if p.mode != "ingress":  # ingress ports are reached through the agent's proxy, not bound
+                bindings.setdefault(key, []).append({"HostIp": "", "HostPort": str(p.published)})
         host_config: dict[str, Any] = {
             "PortBindings": bindings,
             "RestartPolicy": {"Name": policy, "MaximumRetryCount": int(retries or 0)},
@@ -701,6 +708,7 @@ class DockerClient:
                     created=int(row.get("Created") or 0),
                     health=_health_from_status(str(row.get("Status", "")))
                     if row.get("State") == "running" else "",
+                    ip=_first_ip(row),
                 )
             )
         return out
