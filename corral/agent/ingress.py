@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -68,7 +69,7 @@ class Ingress:
                 continue
             try:
                 self._servers[port] = await asyncio.start_server(
-                    lambda r, w, p=port: self._serve(r, w, p), self._host, port, reuse_address=True)
+                    functools.partial(self._serve, port=port), self._host, port, reuse_address=True)
                 self._turn.setdefault(port, itertools.count())
                 log.info("ingress: listening on %d", port)
             except OSError as exc:  # e.g. something else holds the port: say so, retry on the next pass
