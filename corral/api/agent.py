@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 
 from corral import tokens
@@ -22,8 +22,9 @@ from corral.api.errors import store_errors
 from corral.api.registries import pull_auth
 from corral.api.schemas import Heartbeat, LogChunk, Register
 from corral.model import InstanceStatus
+from corral.server.hostauth import HostIdentity
 from corral.server.state import ServerState
-from corral.store.tables import HostRow
+from corral.store.store import NotFoundError
 
 router = APIRouter(prefix="/api/v1/agent")
 
@@ -42,12 +43,11 @@ def register(body: Register, state: ServerState = Depends(server_state)) -> dict
 
 
 @router.post("/status")
-def status(body: Heartbeat, host: HostRow = Depends(require_host),
+def status(body: Heartbeat, host: HostIdentity = Depends(require_host),
            state: ServerState = Depends(server_state)) -> dict[str, Any]:
     statuses = [InstanceStatus.from_dict(s.model_dump()) for s in body.instances or []]
     with store_errors():
         came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch)
-    state.monitor.seen(host.id)
     if came_back or (statuses and state.services.updating):
         state.services.kick()
     return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
@@ -55,15 +55,21 @@ def status(body: Heartbeat, host: HostRow = Depends(require_host),
 
 @router.get("/channel")
 async def channel(revision: int = Query(default=-1), wait: float = Query(default=25.0, ge=0, le=120),
-                  host: HostRow = Depends(require_host),
+                  host: HostIdentity = Depends(require_host),
                   state: ServerState = Depends(server_state)) -> dict[str, Any]:
-    state.monitor.seen(host.id)  # the poll is the heartbeat
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     interval = state.heartbeat_interval
     while True:
         seen = state.notifier.seq(host.id)
-        current = await run_in_threadpool(state.store.host_revision, host.id)
+        current = state.notifier.revision(host.id)
+        if current is None:
+            try:
+                current = await run_in_threadpool(state.store.host_revision, host.id)
+            except NotFoundError:  # removed (and still known to this replica's credential cache)
+                state.host_auth.forget(host.id)
+                raise HTTPException(401, "invalid or revoked host credential") from None
+            state.notifier.remember(host.id, current, seen)
         if current != revision or state.logs.has_pending(host.id):
             body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id),
                                     "heartbeat_interval": interval}
@@ -73,7 +79,8 @@ async def channel(revision: int = Query(default=-1), wait: float = Query(default
         remaining = deadline - loop.time()
         if remaining <= 0:
             return {"revision": current, "log_requests": [], "heartbeat_interval": interval}
-        # Wake on notify; re-read the store now and then in case another server replica wrote.
+        # Wake on notify; look again now and then (the table is refreshed from the store every
+        # second, so a change made by another server replica arrives within a few seconds).
         await state.notifier.wait(host.id, seen, min(remaining, 5.0))
 
 
@@ -86,6 +93,6 @@ def _desired_with_auth(state: ServerState, host_id: str) -> dict[str, Any]:
 
 
 @router.post("/logs/{request_id}")
-async def logs(request_id: str, body: LogChunk, host: HostRow = Depends(require_host),
+async def logs(request_id: str, body: LogChunk, host: HostIdentity = Depends(require_host),
                state: ServerState = Depends(server_state)) -> dict[str, bool]:
     return {"continue": state.logs.deliver(host.id, request_id, body.lines, body.eof)}

@@ -10,10 +10,11 @@ outside its rights is 403.  Neither changes anything.
 from __future__ import annotations
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 
 from corral import tokens
+from corral.server.hostauth import HostIdentity
 from corral.server.state import ServerState
-from corral.store.tables import HostRow
 
 
 def server_state(request: Request) -> ServerState:
@@ -32,10 +33,16 @@ def _bearer(request: Request) -> tokens.Token:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
-def _host_for(token: tokens.Token, state: ServerState) -> HostRow | None:
-    host = state.store.host_by_id(token.ident)
-    if host is None or not tokens.secret_matches(token.secret, host.token_hash):
+def _host_for(token: tokens.Token, state: ServerState) -> HostIdentity | None:
+    raw = str(token)
+    known = state.host_auth.get(raw)
+    if known is not None:
+        return known
+    found = state.store.host_credential(token.ident)
+    if found is None or not tokens.secret_matches(token.secret, found[1]):
         return None
+    host = HostIdentity(token.ident, found[0])
+    state.host_auth.put(raw, host)
     return host
 
 
@@ -55,13 +62,15 @@ def require_admin(request: Request, state: ServerState = Depends(server_state)) 
     raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_host(request: Request, state: ServerState = Depends(server_state)) -> HostRow:
+async def require_host(request: Request, state: ServerState = Depends(server_state)) -> HostIdentity:
+    """Async, so that an agent's poll is answered on the event loop when its credential is known."""
     token = _bearer(request)
     if token.kind == tokens.HOST:
-        host = _host_for(token, state)
+        host = state.host_auth.get(str(token)) or await run_in_threadpool(_host_for, token, state)
         if host is not None:
+            state.monitor.seen(host.id)  # alive, even if the server is too busy to answer soon
             return host
-    elif _valid_cluster_token(token, state):
+    elif await run_in_threadpool(_valid_cluster_token, token, state):
         raise HTTPException(403, "this endpoint is for agents: it needs a host credential")
     raise HTTPException(401, "invalid or revoked host credential", headers={"WWW-Authenticate": "Bearer"})
 

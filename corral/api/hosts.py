@@ -88,5 +88,6 @@ def remove_host(ref: str, state: ServerState = Depends(server_state)) -> Respons
     with store_errors():
         host = state.store.get_host(ref)
         state.store.remove_host(host.id)
+    state.host_auth.forget(host.id)
     state.services.reconcile_all()
     return Response(status_code=204)

@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
 def _service_body(state: ServerState, name: str, with_instances: bool = True) -> dict[str, Any]:
     with store_errors():
         row = state.store.get_service(name)
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     return service_json(row, state.store.list_instances(service_id=row.id), hosts, with_instances)
 
 
@@ -46,7 +46,7 @@ def create_service(body: ServiceCreate, state: ServerState = Depends(server_stat
 
 @router.get("/services")
 def list_services(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     by_service: dict[str, list[Any]] = {}
     for inst in state.store.list_instances():
         by_service.setdefault(inst.service_id, []).append(inst)
@@ -111,7 +111,7 @@ def list_instances(service: str | None = None, state: ServerState = Depends(serv
     if service is not None:
         with store_errors():
             service_id = state.store.get_service(service).id
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     return [instance_json(i, names.get(i.service_id, "?"), hosts)
             for i in state.store.list_instances(service_id=service_id)]
 

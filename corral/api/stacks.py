@@ -77,7 +77,7 @@ def deploy(stack: str, body: StackDeploy, state: ServerState = Depends(server_st
 
 @router.get("")
 def list_stacks(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     instances = state.store.list_instances()
     out = []
     for stack, rows in state.store.list_stacks().items():
@@ -100,14 +100,14 @@ def _stack_rows(stack: str, state: ServerState) -> list[Any]:
 @router.get("/{stack}/services")
 def stack_services(stack: str, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
     rows = _stack_rows(stack, state)
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     return [service_json(r, state.store.list_instances(service_id=r.id), hosts) for r in rows]
 
 
 @router.get("/{stack}/ps")
 def stack_ps(stack: str, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
     rows = _stack_rows(stack, state)
-    hosts = {h.id: h for h in state.store.list_hosts()}
+    hosts = state.store.host_briefs()
     return [instance_json(i, r.name, hosts) for r in rows for i in state.store.list_instances(service_id=r.id)]
 
 

@@ -7,7 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from corral.model import RUNNING
+from corral.store.store import HostBrief
 from corral.store.tables import HostRow, InstanceRow, ServiceRow
+
+Hosts = Mapping[str, HostBrief] | Mapping[str, HostRow]
 
 
 def iso(ts: float) -> str:
@@ -31,7 +34,7 @@ def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:
     }
 
 
-def instance_json(row: InstanceRow, service_name: str, hosts: Mapping[str, HostRow]) -> dict[str, Any]:
+def instance_json(row: InstanceRow, service_name: str, hosts: Hosts) -> dict[str, Any]:
     host = hosts.get(row.host_id)
     return {
         "id": row.id,
@@ -57,7 +60,7 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Mapping[str, HostR
     }
 
 
-def running_count(instances: Iterable[InstanceRow], hosts: Mapping[str, HostRow]) -> int:
+def running_count(instances: Iterable[InstanceRow], hosts: Hosts) -> int:
     return sum(1 for i in instances if i.state == RUNNING and i.host_id in hosts
                and hosts[i.host_id].state == "ready")
 
@@ -88,7 +91,7 @@ def service_status(body: Mapping[str, Any]) -> str:
     return "pending" if body["running"] == 0 and body.get("pending_reason") else "degraded"
 
 
-def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Mapping[str, HostRow],
+def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Hosts,
                  with_instances: bool = False) -> dict[str, Any]:
     resolution = row.resolution or {}
     body: dict[str, Any] = {

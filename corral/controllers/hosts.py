@@ -25,6 +25,7 @@ from corral.store.store import Store
 class HostChanges:
     down: list[str]
     back: list[str]
+    late: float = 0.0  # seconds this check came after it was due (then nobody is marked down)
 
 
 class HostMonitor:
@@ -34,6 +35,7 @@ class HostMonitor:
         self._started = store.clock()
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._last_check: float | None = None
 
     def seen(self, host_id: str) -> None:
         """The host just spoke to us (cheap: memory only until the next check)."""
@@ -41,12 +43,18 @@ class HostMonitor:
         with self._lock:
             self._seen[host_id] = now
 
-    def check(self) -> HostChanges:
-        """Write who was seen; mark silent hosts down."""
+    def check(self, every: float = 1.0) -> HostChanges:
+        """Write who was seen; mark silent hosts down, unless this check itself is late.
+
+        A server too busy to run its checks on time is also too busy to read its
+        agents' polls on time: silence then says nothing about the hosts.
+        """
         with self._lock:
             batch, self._seen = self._seen, {}
         back = self._store.touch_hosts(batch)
         now = self._store.clock()
-        if now - self._started < self.down_after:
-            return HostChanges([], back)
+        previous, self._last_check = self._last_check, now
+        late = 0.0 if previous is None else max(0.0, now - previous - every)
+        if now - self._started < self.down_after or late > min(5.0, self.down_after / 3):
+            return HostChanges([], back, late)
         return HostChanges(self._store.mark_down(now - self.down_after), back)

@@ -30,6 +30,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
         state.services.on_kick = kick
         tasks = [asyncio.create_task(_every(1.0, _check_hosts, state)),
+                 asyncio.create_task(_refresh_revisions(state)),
                  asyncio.create_task(_every(60.0, state.store.prune_events, EVENTS_KEPT)),
                  asyncio.create_task(_reconcile_loop(state, kicked, reconcile_every))]
         try:
@@ -47,6 +48,9 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
 def _check_hosts(state: ServerState) -> None:
     changes = state.monitor.check()
+    if changes.late:
+        log.warning("host check ran %.1f s late: the server is overloaded; no host is marked down this round",
+                    changes.late)
     if changes.down:
         log.warning("hosts down (missed heartbeats): %s", ", ".join(changes.down))
         state.services.kick()  # their instances' grace periods start now
@@ -55,8 +59,25 @@ def _check_hosts(state: ServerState) -> None:
         state.services.kick()
 
 
-async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: float) -> None:
-    """Reconcile every service every ``seconds``, or soon after a kick (bursts of kicks coalesce)."""
+async def _refresh_revisions(state: ServerState, seconds: float = 1.0) -> None:
+    """Keep the notifier's table of host revisions in step with the store (other replicas write too)."""
+    while True:
+        await asyncio.sleep(seconds)
+        seen = state.notifier.counts()
+        try:
+            revisions = await run_in_threadpool(state.store.host_revisions)
+        except Exception:
+            log.exception("reading host revisions failed")
+            continue
+        state.notifier.remember_all(revisions, seen)
+
+
+async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: float,
+                          min_gap: float = 1.0) -> None:
+    """Reconcile every service every ``seconds``, or soon after a kick.  Kicks that come while a
+    pass runs, or within ``min_gap`` after it, make one more pass: a burst of joins is a few passes."""
+    last = 0.0
+    loop = asyncio.get_running_loop()
     while True:
         timeout = seconds
         wake = state.services.next_wake()
@@ -64,7 +85,9 @@ async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: fl
             timeout = min(seconds, max(0.05, wake - state.store.clock()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(kicked.wait(), timeout)
+        await asyncio.sleep(max(0.0, last + min_gap - loop.time()))
         kicked.clear()
+        last = loop.time()
         try:
             await run_in_threadpool(state.services.reconcile_all)
         except Exception:  # a failing loop must not die: log and go on

@@ -20,10 +20,20 @@ from typing import Any
 
 
 class Notifier:
+    """Wakes long-polls, and remembers hosts' revisions so that a poll needs no query.
+
+    A remembered revision is dropped whenever its host is notified (the store changed
+    it), and the whole table is refreshed from the store every second (changes made
+    by another server replica).  A value read before a notification is never stored
+    after it: every write into the table checks the host's notification count.
+    All methods but :meth:`notify` run on the event loop.
+    """
+
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq: dict[str, int] = defaultdict(int)
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._revisions: dict[str, int] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -44,12 +54,28 @@ class Notifier:
     def _wake(self, host_ids: list[str]) -> None:
         for host_id in host_ids:
             self._seq[host_id] += 1
+            self._revisions.pop(host_id, None)
             for fut in self._waiters.pop(host_id, set()):
                 if not fut.done():
                     fut.set_result(None)
 
     def seq(self, host_id: str) -> int:
-        return self._seq[host_id]
+        return self._seq.get(host_id, 0)
+
+    def revision(self, host_id: str) -> int | None:
+        return self._revisions.get(host_id)
+
+    def remember(self, host_id: str, revision: int, seen: int) -> None:
+        """Store a revision read while the host's notification count was ``seen``."""
+        if self.seq(host_id) == seen:
+            self._revisions[host_id] = revision
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._seq)
+
+    def remember_all(self, revisions: dict[str, int], seen: dict[str, int]) -> None:
+        """Replace the table with a full read made while the counts were ``seen``."""
+        self._revisions = {h: r for h, r in revisions.items() if self._seq.get(h, 0) == seen.get(h, 0)}
 
     async def wait(self, host_id: str, seen: int, timeout: float) -> None:
         """Return when host_id is notified after ``seen``, or after timeout."""

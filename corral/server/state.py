@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from corral.controllers.hosts import HostMonitor
 from corral.controllers.services import ImageResolver, ServiceController
 from corral.server.channels import LogBroker, Notifier
+from corral.server.hostauth import HostAuthCache
 from corral.store.store import Store
 
 
@@ -23,6 +24,7 @@ class ServerState:
     heartbeat_interval: float
     public_url: str
     agent_image: str
+    host_auth: HostAuthCache
 
     @classmethod
     def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
@@ -42,4 +44,5 @@ class ServerState:
             heartbeat_interval=heartbeat_interval,
             public_url=public_url,
             agent_image=agent_image,
+            host_auth=HostAuthCache(),
         )

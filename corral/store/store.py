@@ -54,6 +54,14 @@ SCHEDULING_FACTS = ("platform", "emulated_platforms", "arm32", "cpus", "memory_b
 
 
 @dataclass(frozen=True)
+class HostBrief:
+    id: str
+    name: str
+    state: str
+    platform: str
+
+
+@dataclass(frozen=True)
 class NewInstance:
     host_id: str
     slot: int
@@ -146,6 +154,23 @@ class Store:
     def cluster_revision(self) -> int:
         with self._read() as s:
             return s.scalar(select(ClusterStateRow.revision).where(ClusterStateRow.id == 1)) or 0
+
+    def host_briefs(self) -> dict[str, HostBrief]:
+        """Every host's id, name, state and platform: what listings of services and
+        instances show, without loading (and decoding) each host's facts."""
+        with self._read() as s:
+            rows = s.execute(select(HostRow.id, HostRow.name, HostRow.state, HostRow.platform))
+            return {r.id: HostBrief(r.id, r.name, r.state, r.platform) for r in rows}
+
+    def host_credential(self, host_id: str) -> tuple[str, str] | None:
+        """(name, token hash) of a host, for authenticating its agent."""
+        with self._read() as s:
+            row = s.execute(select(HostRow.name, HostRow.token_hash).where(HostRow.id == host_id)).first()
+            return (row.name, row.token_hash) if row else None
+
+    def host_revisions(self) -> dict[str, int]:
+        with self._read() as s:
+            return {host_id: rev for host_id, rev in s.execute(select(HostRow.id, HostRow.revision))}
 
     def list_hosts(self) -> list[HostRow]:
         with self._read() as s:

@@ -150,8 +150,11 @@ def test_a_failing_update_rolls_back_and_the_service_stays_available(h: Harness)
     assert svc["image"] == IMG
     running_old = [i for i in svc["instances"] if i["id"] in first]
     assert len(running_old) == 2, "only the first batch was touched"
-    agents.report()
-    svc = service(h, "web")
+    for _ in range(5):  # the rollback's own batch is placed, then reported running
+        agents.report()
+        svc = service(h, "web")
+        if svc["update"]["state"] != "rolling_back":
+            break
     assert svc["update"]["state"] == "rollback_completed" and svc["running"] == 3
     assert all(i["image"] == IMG or IMG.rsplit(":", 1)[0] in i["image"] for i in svc["instances"])
 
@@ -164,8 +167,11 @@ def test_manual_rollback_and_nothing_to_roll_back(h: Harness) -> None:
     agents.report()
     assert service(h, "web")["env"] == {"V": "2"}
     assert api(h, "POST", "/services/web/rollback").status_code == 200
-    agents.report()
-    svc = service(h, "web")
+    for _ in range(5):
+        agents.report()
+        svc = service(h, "web")
+        if svc["update"]["state"] != "rolling_back":
+            break
     assert svc["env"] == {} and svc["update"]["state"] == "rollback_completed"
 
 
