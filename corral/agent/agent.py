@@ -33,6 +33,7 @@ log = logging.getLogger("corral.agent")
 
 RESYNC_EVERY = 5.0  # seconds between reconcile passes when nothing happens
 FACTS_EVERY = 60.0
+COALESCE = 0.02  # seconds a status change waits for the next one, to share a report
 
 
 class Agent:
@@ -163,7 +164,8 @@ class Agent:
             changed = [v for k, v in statuses.items() if sent.get(k) != v]
             if (not changed and facts == self._facts_sent) or now < retry_at:
                 due = retry_at if now < retry_at else self._facts_at + FACTS_EVERY
-                self._wake_report.wait(max(0.05, due - now))
+                if self._wake_report.wait(max(0.05, due - now)):
+                    time.sleep(COALESCE)  # starting -> running often follows at once: one report
                 self._wake_report.clear()
                 continue
             body: dict[str, Any] = {"revision": self.reconciler.desired.revision}

@@ -14,6 +14,13 @@ address and the routes are gone with the link and must be applied again
 (:meth:`WireGuard.set_peers`, :meth:`WireGuard.set_routes`), which is what an agent's
 reconcile loop does anyway. Deleting the link (``ip link del``) also ends ``wireguard-go``.
 
+Sessions after a restart: the side that kept running still holds session keys the new
+wireguard-go does not know, and keeps using them until its rekey timer gives up (about
+15 s of failed sends). The restored side ends that at once if it starts a handshake itself:
+give peers a persistent keepalive (setting one starts a handshake) and an endpoint; for a
+peer behind NAT, whose endpoint is not configured, :meth:`WireGuard.set_peers` reuses the
+endpoint it last saw for it (in memory, per interface) when it adds the peer back.
+
 The UAPI socket path is global to the machine, not per network namespace: two
 ``wireguard-go`` interfaces of the same name in two namespaces of one machine collide, so
 give each host's interface a distinct name there.
@@ -148,10 +155,12 @@ def validate_key(key: str, what: str = "public key") -> str:
     """Return ``key`` if it is the base64 of exactly 32 bytes, else raise InvalidConfig.
 
     The message never repeats the key (it may be a private one)."""
-    if not isinstance(key, str) or len(key) != 44 or not key.endswith("="):
+    if not isinstance(key, str):
+        raise InvalidConfig(f"malformed WireGuard {what}: expected a string, got "
+                            f"{type(key).__name__}")
+    if len(key) != 44:
         raise InvalidConfig(f"malformed WireGuard {what}: expected 44 characters of base64 "
-                            f"(32 bytes), got {len(key) if isinstance(key, str) else type(key)}"
-                            f"{' characters' if isinstance(key, str) else ''}")
+                            f"(32 bytes), got {len(key)} characters")
     try:
         raw = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
@@ -189,6 +198,11 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
             raise InvalidConfig(f"bad endpoint {endpoint!r}: expected host:port "
                                 f"(IPv6 as [addr]:port)")
         if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise InvalidConfig(f"bad endpoint {endpoint!r}: {host!r} is neither an IP "
+                                    f"address nor a DNS name") from None
             raise InvalidConfig(f"bad endpoint {endpoint!r}: an IPv6 address needs "
                                 f"brackets, [addr]:port")
         if re.fullmatch(r"[0-9.]+", host):
@@ -235,7 +249,7 @@ class Peer:
 
     public_key: str
     endpoint: str | None = None
-    allowed_ips: tuple[str, ...] = ()
+    allowed_ips: Sequence[str] = ()  # stored as a sorted tuple of normalized CIDRs
     persistent_keepalive: int = 0
 
     def __post_init__(self) -> None:
@@ -391,7 +405,7 @@ def diff_peers(current: Iterable[PeerStatus], desired: Iterable[Peer]) -> tuple[
         cur = have.get(key)
         if cur is None:
             continue
-        if (tuple(sorted(cur.allowed_ips)) != peer.allowed_ips
+        if (tuple(sorted(cur.allowed_ips)) != tuple(peer.allowed_ips)
                 or cur.persistent_keepalive != peer.persistent_keepalive
                 or (peer.endpoint is not None and cur.endpoint != peer.endpoint)):
             update.append(peer)
@@ -487,6 +501,8 @@ class WireGuard:
         self._uapi_answers = uapi_answers
         self._find_pid = find_pid
         self._sleep = sleep
+        self._pubkeys: dict[str, tuple[tuple[str, int, int, int], str]] = {}
+        self._endpoints: dict[str, dict[str, str]] = {}  # interface -> peer key -> endpoint
 
     # ------------------------------------------------------------ commands
 
@@ -542,7 +558,23 @@ class WireGuard:
             log.info("generated a WireGuard private key in %s", p)
         elif p.stat().st_mode & 0o077:
             os.chmod(p, 0o600)
-        return self.pubkey(self._read_private_key(p))
+        return self.public_key_of(p)
+
+    def public_key_of(self, path: str | os.PathLike[str]) -> str:
+        """The public key of the private key in ``path`` (remembered while the file is
+        unchanged, so a steady reconcile loop does not run ``wg pubkey`` each time)."""
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise WireGuardError(f"cannot read the private key {p}: {exc.strerror}") from None
+        stamp = (str(p), st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._pubkeys.get(stamp[0])
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        public = self.pubkey(self._read_private_key(p))
+        self._pubkeys[stamp[0]] = (stamp, public)
+        return public
 
     @staticmethod
     def _read_private_key(path: Path) -> str:
@@ -583,7 +615,18 @@ class WireGuard:
         return self.uapi_dir / f"{name}.sock"
 
     def dump(self, name: str) -> Dump:
-        return parse_dump(self._must(["wg", "show", validate_interface_name(name), "dump"]))
+        """``wg show NAME dump``, parsed; remembers each peer's endpoint (see set_peers)."""
+        d = parse_dump(self._must(["wg", "show", validate_interface_name(name), "dump"]))
+        seen = self._endpoints.setdefault(name, {})
+        for p in d.peers:
+            if p.endpoint is not None:
+                seen[p.public_key] = p.endpoint
+        return d
+
+    def learnt_endpoints(self, name: str) -> dict[str, str]:
+        """The last endpoint seen for each peer of ``name`` (configured or learnt by roaming,
+        e.g. a NATed peer's public address:port), as of the latest dump."""
+        return dict(self._endpoints.get(name, {}))
 
     def status(self, name: str) -> InterfaceStatus:
         """The interface as it is now; never raises for a missing or broken interface."""
@@ -632,12 +675,12 @@ class WireGuard:
         result, peers and routes were lost and must be applied again."""
         validate_interface_name(name)
         address = _interface_address(address_cidr)
-        if isinstance(listen_port, bool) or not 1 <= int(listen_port) <= 65535:
-            raise InvalidConfig(f"listen port must be 1..65535, got {listen_port!r}")
-        if not 1280 <= int(mtu) <= 65535 - 80:
-            raise InvalidConfig(f"MTU must be 1280..65455, got {mtu!r}")
+        if type(listen_port) is not int or not 1 <= listen_port <= 65535:
+            raise InvalidConfig(f"listen port must be an integer 1..65535, got {listen_port!r}")
+        if type(mtu) is not int or not 1280 <= mtu <= 65535 - 80:
+            raise InvalidConfig(f"MTU must be an integer 1280..65455, got {mtu!r}")
         key_path = Path(private_key_path)
-        public_key = self.pubkey(self._read_private_key(key_path))
+        public_key = self.public_key_of(key_path)
         changed: list[str] = []
 
         link = self._link(name)
@@ -739,6 +782,7 @@ class WireGuard:
             raise WireGuardError(f"{name} is a {kind or 'plain'} link, not WireGuard: "
                                  f"not removing it")
         self._must(["ip", "link", "delete", "dev", name])
+        self._endpoints.pop(name, None)
         for _ in range(100):  # wireguard-go leaves once it sees its device go
             if not self._uapi_answers(self.socket_path(name)):
                 break
@@ -748,8 +792,15 @@ class WireGuard:
 
     # ------------------------------------------------------------ peers
 
-    def set_peers(self, name: str, peers: Iterable[Peer]) -> PeerChanges:
-        """Make the interface's peers exactly ``peers`` (one ``wg set`` for all changes)."""
+    def set_peers(self, name: str, peers: Iterable[Peer], *,
+                  reuse_endpoints: bool = True) -> PeerChanges:
+        """Make the interface's peers exactly ``peers`` (one ``wg set`` for all changes).
+
+        A peer being *added* without an endpoint (one behind NAT, which we cannot dial)
+        gets the endpoint last seen for it on this interface, if any (``reuse_endpoints``):
+        after wireguard-go was restarted, or the peer removed and added back, this side can
+        then start the handshake itself (at once when the peer has a persistent keepalive)
+        instead of waiting up to ~15 s for the NATed side to give up its stale session."""
         validate_interface_name(name)
         desired = list(peers)
         current = self.dump(name)
@@ -757,6 +808,10 @@ class WireGuard:
         remove, add, update = diff_peers(current.peers, desired)
         if not (remove or add or update):
             return PeerChanges()
+        if reuse_endpoints:
+            seen = self._endpoints.get(name, {})
+            add = [replace(p, endpoint=seen[p.public_key])
+                   if p.endpoint is None and p.public_key in seen else p for p in add]
         argv = ["wg", "set", name]
         for key in remove:
             argv += ["peer", key, "remove"]

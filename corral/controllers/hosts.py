@@ -25,7 +25,8 @@ from corral.store.store import Store
 class HostChanges:
     down: list[str]
     back: list[str]
-    late: float = 0.0  # seconds this check came after it was due (then nobody is marked down)
+    late: float = 0.0  # seconds this check came after it was due
+    skipped: bool = False  # so late that nobody was marked down
 
 
 class HostMonitor:
@@ -55,6 +56,8 @@ class HostMonitor:
         now = self._store.clock()
         previous, self._last_check = self._last_check, now
         late = 0.0 if previous is None else max(0.0, now - previous - every)
-        if now - self._started < self.down_after or late > min(5.0, self.down_after / 3):
+        if now - self._started < self.down_after:
             return HostChanges([], back, late)
+        if late > min(5.0, self.down_after / 3):
+            return HostChanges([], back, late, skipped=True)
         return HostChanges(self._store.mark_down(now - self.down_after), back)

@@ -4,12 +4,14 @@ A service's spec has a version; an update (or a rollback) makes a new one and
 records its progress in ``update_state``.  Each reconcile pass asks
 :func:`step` what to do, given the service's instances and the time:
 
-- a *batch* is up to ``parallelism`` slots (0: all at once) whose old instance
-  is replaced by one of the new version.  ``stop-first`` removes the old
-  instance as the batch starts; ``start-first`` keeps it until the new one is
-  ready, so the service never has fewer ready instances than it asked for;
+- up to ``parallelism`` slots (0: all at once) are being replaced at any time,
+  as a sliding window: as soon as one slot's new instance is ready, the next
+  slot starts (after ``delay``), the way Swarm's update workers go.
+  ``stop-first`` removes the old instance as its slot starts; ``start-first``
+  keeps it until the new one is ready, so the service never has fewer ready
+  instances than it asked for;
 - a new instance is *ready* when it runs and its health check (if any) says
-  healthy; the next batch starts ``delay`` seconds after the batch is ready;
+  healthy;
 - a new instance that fails (exits, fails to pull or start, restarts, turns
   unhealthy) before it is ready, or within ``monitor`` seconds after, is a
   failure; when failures exceed ``max_failure_ratio`` of the instances updated
@@ -17,8 +19,8 @@ records its progress in ``update_state``.  Each reconcile pass asks
   ``rollback`` goes back to the previous spec (a rollout of its own, with
   ``rollback_config``), ``continue`` carries on.
 
-Like Swarm, a batch waits for readiness but not for the monitor window, which
-is watched alongside the following batches.  This module decides only: no
+Like Swarm, a slot waits for readiness but not for the monitor window, which
+is watched alongside the following slots.  This module decides only: no
 store, no clock of its own (``now`` is given), so every rule is unit-tested.
 """
 
@@ -121,28 +123,28 @@ def step(spec: Mapping[str, Any], version: int, state: Mapping[str, Any] | None,
         repl = new_by_slot.get(inst.slot)
         if repl is not None and is_ready(repl):
             out.remove.append(inst.id)
-    pending = [i for i in batch if not is_ready(i) and i.id not in failed]
-    if pending:
-        out.state = st if st != state else None
-        return out
-    if batch:  # the batch is ready (or failed, and failures are tolerated): wait out the delay
-        st["batch"], st["next_at"] = [], now + float(cfg["delay"])
+    # a sliding window, as Swarm's update workers: a slot whose new instance is ready (or failed,
+    # and failures are tolerated) takes the next old one after `delay`
+    in_flight = [i for i in batch if not is_ready(i) and i.id not in failed]
+    delay = float(cfg["delay"])
+    cooldown = [t for t in st.get("cooldown", []) if t > now]
+    if delay > 0:
+        cooldown += [now + delay] * (len(batch) - len(in_flight))
+    st["batch"], st["cooldown"] = [i.id for i in in_flight], cooldown
     waiting_old = [i for i in old if i.id not in out.remove and i.slot not in new_by_slot]
-    if not waiting_old and not [i for i in old if i.id not in out.remove]:
+    if not in_flight and not [i for i in old if i.id not in out.remove]:
         st["state"] = "rollback_completed" if rolling_back else "completed"
         st["completed_at"] = now
         out.state, out.event = st, st["state"]
         return out
-    if now < float(st.get("next_at", 0.0)):
-        out.wake_at = float(st["next_at"])
-        out.state = st if st != state else None
-        return out
-    if waiting_old:
-        size = int(cfg["parallelism"]) or len(waiting_old)
-        chosen = sorted(waiting_old, key=lambda i: i.slot)[:size]
+    free = (int(cfg["parallelism"]) or len(waiting_old)) - len(in_flight) - len(cooldown)
+    if waiting_old and free > 0:
+        chosen = sorted(waiting_old, key=lambda i: i.slot)[:free]
         out.place = [i.slot for i in chosen]
         if cfg["order"] != "start-first":
             out.remove.extend(i.id for i in chosen)
         st["started"] = int(st.get("started", 0)) + len(chosen)
+    if cooldown:
+        out.wake_at = min(cooldown)
     out.state = st if st != state else None
     return out

@@ -276,7 +276,8 @@ class ServiceController:
         state, event = roll.state, roll.event
         if roll.place or (req.mode == "global" and roll.remove):
             state = dict(state if state is not None else service.update_state or {})
-            state["batch"] = [a.spec.id for a in add]
+            started = set(roll.place) if req.mode != "global" else {a.slot for a in add}
+            state["batch"] = list(state.get("batch") or []) + [a.spec.id for a in add if a.slot in started]
         if not add and not remove and service.pending_reason == result.reason and state is None and \
                 (replicas is None or replicas == service.replicas):
             return []

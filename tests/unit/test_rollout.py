@@ -54,9 +54,16 @@ def test_the_next_batch_waits_for_readiness_then_the_delay() -> None:
 
 def test_health_starting_is_not_ready() -> None:
     insts = OLD[1:] + [Inst("n1", 1, 2, health="starting")]
-    assert step(spec(), 2, updating(batch=["n1"], started=1), insts, 1.0).place == []
+    assert step(spec(parallelism=1), 2, updating(batch=["n1"], started=1), insts, 1.0).place == []
     insts[-1].health = "healthy"
-    assert step(spec(), 2, updating(batch=["n1"], started=1), insts, 1.0).place == [2, 3]
+    assert step(spec(parallelism=1), 2, updating(batch=["n1"], started=1), insts, 1.0).place == [2]
+
+
+def test_a_sliding_window_starts_the_next_slot_as_soon_as_one_is_ready() -> None:
+    insts = OLD[2:] + [Inst("n1", 1, 2), Inst("n2", 2, 2, state="pulling")]
+    s = step(spec(), 2, updating(batch=["n1", "n2"], started=2), insts, 3.0)
+    assert s.place == [3] and s.remove == ["o3"]
+    assert s.state is not None and s.state["batch"] == ["n2"] and s.state["started"] == 3
 
 
 def test_start_first_keeps_the_old_instance_until_the_new_one_is_ready() -> None:
@@ -64,7 +71,8 @@ def test_start_first_keeps_the_old_instance_until_the_new_one_is_ready() -> None
     assert s.place == [1, 2] and s.remove == []
     insts = OLD + [Inst("n1", 1, 2, state="starting"), Inst("n2", 2, 2)]
     s = step(spec(order="start-first"), 2, updating(batch=["n1", "n2"], started=2), insts, 1.0)
-    assert s.remove == ["o2"] and s.place == []  # n2 is ready: its old one goes; n1 is not yet
+    assert s.remove == ["o2"]  # n2 is ready: its old one goes; n1 is not yet
+    assert s.place == [3]  # and n2's place in the window goes to the next slot
 
 
 def test_completes_when_no_old_instance_is_left() -> None:

@@ -1,0 +1,60 @@
+"""bench/rollout.py --quick runs on the real test bed and reports a sane measurement.
+
+The bench reports performance (Corral against Docker Swarm, and the gap in answers during a
+start-first update); this test only checks that its numbers are there and hang together.
+It asserts no goal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, dockerd)")
+
+
+def test_rollout_bench_quick_reports_sane_json(registry: str) -> None:
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "rollout.py"), "--quick", "--json"],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    start = p.stdout.find("\n{\n")
+    assert start >= 0, p.stdout[-2000:]
+    res = json.loads(p.stdout[start:])
+
+    meta = res["meta"]
+    assert meta["replicas"] == 12 and meta["parallelism"] == 4 and meta["quick"] is True
+    assert meta["images"]["pre_pulled"] is True and meta["images"]["v1_digest"] != meta["images"]["v2_digest"]
+    assert set(res["runs"]) == {"stop-first", "start-first"}
+    for order, run in res["runs"].items():
+        c, s = run["corral"], run["swarm"]
+        for side in (c, s):
+            assert side["done"] is True, order
+            assert math.isfinite(side["total_s"]) and side["total_s"] > 0, order
+            assert side["milestones"]["100%"] is not None and side["milestones"]["100%"] <= side["total_s"] + 0.01
+            a = side["analysis"]
+            assert a["new_containers"] >= 12, (order, a)  # every slot got a v2 container
+            assert 0 <= a["last_start_s"] <= side["total_s"] + 0.01
+        assert run["ratio"] == pytest.approx(c["total_s"] / s["total_s"])
+        assert c["final_update"]["state"] == "completed" and c["final_running"] == 12
+        assert c["analysis"]["batch_count"] == 3  # 12 replicas, parallelism 4: three lock-step batches
+        assert f"faster_than_swarm_{order}" in res["goals"]
+    assert "Corral/Swarm" in p.stdout and "goal: faster than Swarm (stop-first)" in p.stdout
+    assert "PRE-PULLED" in p.stdout
+
+    gap = res["gap"]
+    assert gap["requests"] > 0 and gap["answers"] + gap["failures"] == gap["requests"]
+    assert gap["verdict"] in ("no gap", "gap", "no answers", "no switch to v2")
+    assert res["goals"]["no_gap_start_first"] == (gap["verdict"] == "no gap")
+    if gap["verdict"] == "no answers":
+        assert "NO ANSWERS" in p.stdout
+    else:
+        assert gap["longest_gap_s"] is None or gap["longest_gap_s"] >= 0
+    assert "goal: no gap in answers during start-first" in p.stdout
