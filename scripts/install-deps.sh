@@ -41,7 +41,7 @@ apt_update
 apt-get install -y \
   docker.io qemu-user-static binfmt-support docker-registry postgresql \
   iproute2 iptables python3 python3-venv python3-pip git ca-certificates procps \
-  util-linux apache2-utils
+  util-linux apache2-utils wireguard-go wireguard-tools iperf3 iputils-ping
 
 # Debian's postgresql package creates and may start a "15/main" cluster; the test bed
 # uses its own throwaway cluster on port 55432, so the packaged one is left alone.
