@@ -17,8 +17,10 @@ The protocol each simulated agent speaks
 
     * registration: ``POST /api/v1/agent/register`` with the join token, 50 at a time
       (``--register-concurrency``). Each agent starts as soon as it is registered.
-    * channel connection: ``GET /api/v1/agent/channel?revision=R&wait=10`` in a loop. The
-      long-poll is the heartbeat of the new protocol. A reply with ``desired`` sets R and
+    * channel connection: ``GET /api/v1/agent/channel?revision=R&wait=W`` in a loop, W = 10
+      at first, then the ``poll_wait`` the server's replies give (55 s by default). The open
+      long-poll is the heartbeat: the server's kernel probes the connection with TCP
+      keepalive every heartbeat interval, which the simulator's kernel answers. A reply with ``desired`` sets R and
       makes the agent report every desired instance as ``running`` (``POST
       /api/v1/agent/status {"revision": R, "instances": [...]}``) on its second connection.
     * status connection: with ``--status-heartbeat`` (off by default: the poll is the
@@ -111,7 +113,7 @@ from testbed.images import build_busybox  # noqa: E402
 T = TypeVar("T")
 
 HEARTBEAT = 10.0  # --heartbeat-interval given to the server
-POLL_WAIT = 10.0  # the channel's wait=
+POLL_WAIT = 10.0  # the channel's first wait=; then what the server says (poll_wait)
 GOAL_P99 = 0.5  # seconds, on 2 cores
 K8S_SLO_P99 = 1.0  # Kubernetes API call latency SLO (mutating and read-only single objects)
 HOST = "127.0.0.1"
@@ -375,7 +377,7 @@ class SimAgent:
     """One simulated host: a channel long-poll loop and a status loop, two connections."""
 
     __slots__ = ("auth", "desired_ids", "facts", "host_id", "i", "labels", "name", "poll_conn",
-                 "reported_ids", "revision", "status_conn", "wake")
+                 "poll_wait", "reported_ids", "revision", "status_conn", "wake")
 
     def __init__(self, i: int, seed: int, port: int, ctx: ssl.SSLContext) -> None:
         self.i = i
@@ -383,6 +385,7 @@ class SimAgent:
         self.host_id = ""
         self.auth = ""
         self.revision = -1
+        self.poll_wait = POLL_WAIT  # until the server says (poll_wait in its replies)
         self.desired_ids: list[str] = []
         self.reported_ids: list[str] = []
         self.poll_conn = HttpConn(port, ctx)
@@ -425,6 +428,7 @@ async def poll_once(agent: SimAgent, cfg: SimConfig, wait: float) -> bool:
         m.end(t0)
         return False
     elapsed = time.monotonic() - t0
+    agent.poll_wait = float(data.get("poll_wait", agent.poll_wait))
     desired = data.get("desired")
     if desired is not None:
         agent.revision = int(desired["revision"])
@@ -489,7 +493,7 @@ async def channel_loop(agent: SimAgent, cfg: SimConfig) -> None:
     """Two-connection mode: long-poll the channel forever on the agent's first connection."""
     backoff = 1.0
     while not cfg.stop.is_set():
-        if await poll_once(agent, cfg, POLL_WAIT):
+        if await poll_once(agent, cfg, agent.poll_wait):
             backoff = 1.0
         else:
             await asyncio.sleep(backoff * random.uniform(1.0, 2.0))
@@ -541,7 +545,7 @@ async def shared_loop(agent: SimAgent, cfg: SimConfig) -> None:
             if cfg.status_heartbeat:
                 next_beat = time.monotonic() + beat_interval()
         else:
-            ok = await poll_once(agent, cfg, min(POLL_WAIT, next_beat - now))
+            ok = await poll_once(agent, cfg, min(agent.poll_wait, next_beat - now))
         if ok:
             backoff = 1.0
         else:
@@ -805,7 +809,7 @@ async def simulate(server: ServerProc, args: argparse.Namespace, db: str, image:
         cpu1, sim1 = proc_cpu_seconds(spid), self_cpu_seconds()
         mem_end = proc_mem_kib(spid)
         # requests begun in the window (long-polls: up to `wait` s) are let finish and counted
-        drain_until = time.monotonic() + POLL_WAIT + 25
+        drain_until = time.monotonic() + max(POLL_WAIT, 60.0) + 25
         while metrics.inflight > 0 and time.monotonic() < drain_until:
             await asyncio.sleep(0.25)
         res["window"] = {"unfinished": metrics.inflight}

@@ -1,13 +1,14 @@
 """The agent process: a few threads around one reconciler.
 
     channel   long-polls the server for this host's desired set (and log requests);
-              each poll lasts one heartbeat interval and is the heartbeat
+              the open poll is the heartbeat (the server's kernel probes it with TCP
+              keepalive), renewed every poll_wait seconds
     reporter  pushes instance status and fact changes as they happen
     events    follows the engine's events for owned containers, to react to exits
     main      runs reconcile passes when something changed, or every few seconds
 
-So an idle host sends one small request per heartbeat interval and nothing
-else.  Facts go up in full after each (re)connect and then as a patch of the
+So an idle host sends one small request a minute, and an empty ACK per
+heartbeat interval.  Facts go up in full after each (re)connect and then as a patch of the
 keys that changed; instance statuses only when they change (a full set after
 each reconnect).
 """
@@ -47,6 +48,7 @@ class Agent:
         self.labels = labels
         self.hostname = hostname
         self.heartbeat = heartbeat
+        self.poll_wait = heartbeat  # until the server says how long it holds a poll
         self.fake_gpus = fake_gpus
         self._stop = threading.Event()
         self._wake_reconcile = threading.Event()
@@ -125,11 +127,12 @@ class Agent:
         backoff = 1.0
         while not self._stop.is_set():
             try:
-                wait = max(1, round(self.heartbeat))
+                wait = max(1, round(self.poll_wait))
                 body = self.session.call("GET", f"/api/v1/agent/channel?revision={self.reconciler.desired.revision}"
                                          f"&wait={wait}", timeout=wait + 15)
                 backoff = 1.0
                 self.heartbeat = float(body.get("heartbeat_interval", self.heartbeat))
+                self.poll_wait = float(body.get("poll_wait", self.heartbeat))
             except (Unreachable, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status in (401, 403):
                     log.error("server refused this host's credential (%s); keeping containers as they are", exc)

@@ -3,9 +3,14 @@
 The agent dials out; the server never connects to it.  The channel is a long
 poll: the agent sends the revision it holds and the server answers as soon as
 the host's revision differs (with the whole desired set) or a log request is
-waiting, or after ``wait`` seconds with nothing new.  Each poll is also the
-host's heartbeat (the agent waits one heartbeat interval per poll), so an idle
-host costs one request per interval; status reports go only on change.
+waiting, or after ``wait`` seconds with nothing new.  The open poll is the
+host's heartbeat: the host is alive while its poll is open, and the server's
+kernel checks the connection with TCP keepalive every heartbeat interval (see
+``corral.server.main``), so a host that dies is noticed within about
+``interval + 3 × interval/2`` seconds without any request.  The agent renews
+its poll every ``poll_wait`` seconds (the server tells it), so an idle host
+costs one small request a minute, and the server a few hundred a second for
+10,000 hosts.  Status reports go only on change.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from corral import tokens
@@ -53,13 +58,29 @@ def status(body: Heartbeat, host: HostIdentity = Depends(require_host),
     return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
 
 
-@router.get("/channel")
-async def channel(revision: int = Query(default=-1), wait: float = Query(default=25.0, ge=0, le=120),
-                  host: HostIdentity = Depends(require_host),
-                  state: ServerState = Depends(server_state)) -> dict[str, Any]:
+@router.get("/channel", response_model=None)
+async def channel(request: Request, revision: int = Query(default=-1),
+                  wait: float = Query(default=25.0, ge=0, le=120), host: HostIdentity = Depends(require_host),
+                  state: ServerState = Depends(server_state)) -> dict[str, Any] | Response:
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        with state.monitor.holding(host.id):  # alive while the poll is open (TCP keepalive watches it)
+            return await _poll(state, host, revision, wait, gone)
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the agent's connection goes away (closed, reset, or keepalive probes unanswered)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: float,
+                gone: asyncio.Future[None]) -> dict[str, Any] | Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    interval = state.heartbeat_interval
+    extra = {"heartbeat_interval": state.heartbeat_interval, "poll_wait": state.poll_wait}
     while True:
         seen = state.notifier.seq(host.id)
         current = state.notifier.revision(host.id)
@@ -72,16 +93,18 @@ async def channel(revision: int = Query(default=-1), wait: float = Query(default
             state.notifier.remember(host.id, current, seen)
         if current != revision or state.logs.has_pending(host.id):
             body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id),
-                                    "heartbeat_interval": interval}
+                                    **extra}
             if current != revision:
                 body["desired"] = await run_in_threadpool(_desired_with_auth, state, host.id)
             return body
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return {"revision": current, "log_requests": [], "heartbeat_interval": interval}
+            return {"revision": current, "log_requests": [], **extra}
         # Wake on notify; look again now and then (the table is refreshed from the store every
         # second, so a change made by another server replica arrives within a few seconds).
-        await state.notifier.wait(host.id, seen, min(remaining, 5.0))
+        await state.notifier.wait(host.id, seen, min(remaining, 5.0), gone)
+        if gone.done():
+            return Response(status_code=499)  # nobody is listening any more
 
 
 def _desired_with_auth(state: ServerState, host_id: str) -> dict[str, Any]:

@@ -64,8 +64,8 @@ class VolumeIn(Strict):
 
 class HealthcheckIn(Strict):
     test: list[str] | None = None  # ["CMD", ...] / ["CMD-SHELL", "..."] / ["NONE"]; None: the image's own
-    interval: float | None = Field(default=None, gt=0, le=86400)
-    timeout: float | None = Field(default=None, gt=0, le=86400)
+    interval: float | None = Field(default=None, ge=0, le=86400)  # 0: the engine's default, as in Docker
+    timeout: float | None = Field(default=None, ge=0, le=86400)
     start_period: float | None = Field(default=None, ge=0, le=86400)
     retries: int | None = Field(default=None, ge=0, le=1000)
     disable: bool = False

@@ -1,7 +1,8 @@
 """Host monitor: who is alive, and who has gone silent.
 
-Agents prove they are alive with every request (each channel long-poll is a
-heartbeat).  Recording that in the database on every request would be the
+Agents prove they are alive with every request, and for as long as they hold
+their channel long-poll open (the server's kernel probes that connection with
+TCP keepalive, so a dead host's poll ends within seconds).  Recording that in the database on every request would be the
 busiest write of a large fleet, so :meth:`HostMonitor.seen` only notes the
 time in memory, and :meth:`HostMonitor.check` (once a second) writes the
 batch in one transaction, then marks down the hosts not heard from for
@@ -15,7 +16,10 @@ every host down.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from corral.store.store import Store
@@ -35,6 +39,7 @@ class HostMonitor:
         self.down_after = down_after
         self._started = store.clock()
         self._seen: dict[str, float] = {}
+        self._holding: Counter[str] = Counter()  # open long-polls per host
         self._lock = threading.Lock()
         self._last_check: float | None = None
 
@@ -44,14 +49,31 @@ class HostMonitor:
         with self._lock:
             self._seen[host_id] = now
 
+    @contextlib.contextmanager
+    def holding(self, host_id: str) -> Iterator[None]:
+        """The host's agent holds a poll open: it counts as seen for as long as it does."""
+        self.seen(host_id)
+        with self._lock:
+            self._holding[host_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding[host_id] -= 1
+                if self._holding[host_id] <= 0:
+                    del self._holding[host_id]
+            self.seen(host_id)
+
     def check(self, every: float = 1.0) -> HostChanges:
         """Write who was seen; mark silent hosts down, unless this check itself is late.
 
         A server too busy to run its checks on time is also too busy to read its
         agents' polls on time: silence then says nothing about the hosts.
         """
+        now = self._store.clock()
         with self._lock:
             batch, self._seen = self._seen, {}
+            batch.update(dict.fromkeys(self._holding, now))
         back = self._store.touch_hosts(batch)
         now = self._store.clock()
         previous, self._last_check = self._last_check, now

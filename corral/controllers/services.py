@@ -181,6 +181,9 @@ class ServiceController:
     def reconcile_all(self) -> None:
         services = self._store.list_services()
         revision = self._store.cluster_revision()
+        if not services:  # nothing to place: joins and leaves need no look at the fleet
+            self._clean_revision, self._forced = revision, False
+            return
         if self._images is not None:
             waiting = [s for s in services if s.resolution is None]
             timer = self._rolling or (self._wake_at is not None and self._store.clock() >= self._wake_at)

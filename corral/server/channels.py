@@ -77,18 +77,20 @@ class Notifier:
         """Replace the table with a full read made while the counts were ``seen``."""
         self._revisions = {h: r for h, r in revisions.items() if self._seq.get(h, 0) == seen.get(h, 0)}
 
-    async def wait(self, host_id: str, seen: int, timeout: float) -> None:
-        """Return when host_id is notified after ``seen``, or after timeout."""
+    async def wait(self, host_id: str, seen: int, timeout: float,
+                   also: asyncio.Future[None] | None = None) -> None:
+        """Return when host_id is notified after ``seen``, when ``also`` is done, or after timeout."""
         if self._seq[host_id] != seen:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[host_id].add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait([fut] if also is None else [fut, also], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._waiters[host_id].discard(fut)
+            if not self._waiters[host_id]:
+                del self._waiters[host_id]
 
 
 @dataclass

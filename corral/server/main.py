@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=10.0, help="seconds between agent heartbeats")
     p.add_argument("--down-after", type=float, default=None,
                    help="seconds without heartbeat before a host is down (default: 3 intervals)")
+    p.add_argument("--poll-wait", type=float, default=55.0,
+                   help="seconds an agent's long-poll stays open when nothing changes (it renews it then)")
     p.add_argument("--reschedule-after", type=float, default=30.0,
                    help="seconds a host stays down before its replicated instances are placed elsewhere "
                         "(a host label corral.reschedule-after=SECONDS overrides it, e.g. for edge hosts)")
@@ -92,7 +95,8 @@ def bootstrap(args: argparse.Namespace, images: ImageResolver | None = None) -> 
                                 timeout=5.0, retries=2)
     state = ServerState.build(store, images, ca_pem=pki.ca_pem, ca_fingerprint=fp, heartbeat_interval=interval,
                               down_after=args.down_after or 3 * interval, public_url=public,
-                              agent_image=args.agent_image, reschedule_after=args.reschedule_after)
+                              agent_image=args.agent_image, reschedule_after=args.reschedule_after,
+                              poll_wait=args.poll_wait)
     return state, pki
 
 
@@ -114,8 +118,31 @@ def run(argv: list[str]) -> int:
                             # agents hold long-polls open; they reconnect, so don't wait them out
                             timeout_graceful_shutdown=2)
     log.info("corral server %s listening on %s", state.public_url, f"{host}:{port}")
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[listening_socket(host, port, state.heartbeat_interval)])
     return 0
+
+
+def listening_socket(host: str, port: int, interval: float) -> socket.socket:
+    """The server's socket, with TCP keepalive on every connection accepted from it.
+
+    Agents hold a long-poll open; the kernel probes each such connection after
+    ``interval`` seconds of silence and every ``interval / 2`` after that, and
+    resets it after 3 unanswered probes.  That is the heartbeat: it costs the
+    agent one empty ACK per interval and the server no work at all, and a host
+    that dies is noticed within ``interval × 2.5`` seconds.  (Linux copies these
+    options from the listening socket to the accepted ones.)
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(interval)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, round(interval / 2)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

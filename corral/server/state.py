@@ -22,6 +22,7 @@ class ServerState:
     ca_pem: str
     ca_fingerprint: str
     heartbeat_interval: float
+    poll_wait: float
     public_url: str
     agent_image: str
     host_auth: HostAuthCache
@@ -29,7 +30,7 @@ class ServerState:
     @classmethod
     def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
               heartbeat_interval: float, down_after: float, public_url: str, agent_image: str,
-              reschedule_after: float = 30.0) -> ServerState:
+              reschedule_after: float = 30.0, poll_wait: float = 55.0) -> ServerState:
         notifier = Notifier()
         return cls(
             store=store,
@@ -42,6 +43,7 @@ class ServerState:
             ca_pem=ca_pem,
             ca_fingerprint=ca_fingerprint,
             heartbeat_interval=heartbeat_interval,
+            poll_wait=poll_wait,
             public_url=public_url,
             agent_image=agent_image,
             host_auth=HostAuthCache(),
