@@ -42,6 +42,7 @@ class HostMonitor:
         self._holding: Counter[str] = Counter()  # open long-polls per host
         self._lock = threading.Lock()
         self._last_check: float | None = None
+        self._holders_written = 0.0
 
     def seen(self, host_id: str) -> None:
         """The host just spoke to us (cheap: memory only until the next check)."""
@@ -73,7 +74,12 @@ class HostMonitor:
         now = self._store.clock()
         with self._lock:
             batch, self._seen = self._seen, {}
-            batch.update(dict.fromkeys(self._holding, now))
+            # hosts holding a poll are written now and then, not every second: enough for
+            # other replicas (and a restart of this one) to see them alive
+            if now - self._holders_written >= self.down_after / 3:
+                batch.update(dict.fromkeys(self._holding, now))
+                self._holders_written = now
+            held = set(self._holding)
         back = self._store.touch_hosts(batch)
         now = self._store.clock()
         previous, self._last_check = self._last_check, now
@@ -82,4 +88,4 @@ class HostMonitor:
             return HostChanges([], back, late)
         if late > min(5.0, self.down_after / 3):
             return HostChanges([], back, late, skipped=True)
-        return HostChanges(self._store.mark_down(now - self.down_after), back)
+        return HostChanges(self._store.mark_down(now - self.down_after, spare=held), back)

@@ -278,10 +278,11 @@ class Store:
                     inst.since = st.since
             return came_back
 
-    def mark_down(self, last_seen_before: float) -> list[str]:
+    def mark_down(self, last_seen_before: float, spare: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Mark down the ready hosts not seen since ``last_seen_before`` (but those in ``spare``)."""
         with self._write() as s:
-            rows = list(s.execute(select(HostRow.id, HostRow.name).where(HostRow.state == "ready",
-                                                                         HostRow.last_seen < last_seen_before)))
+            rows = [r for r in s.execute(select(HostRow.id, HostRow.name).where(
+                HostRow.state == "ready", HostRow.last_seen < last_seen_before)) if r.id not in spare]
             ids = [r.id for r in rows]
             if ids:
                 s.execute(update(HostRow).where(HostRow.id.in_(ids)).values(state="down"))
@@ -295,8 +296,9 @@ class Store:
         if not seen:
             return []
         with self._write() as s:
-            rows = list(s.execute(select(HostRow.id, HostRow.name).where(HostRow.id.in_(seen),
-                                                                         HostRow.state != "ready")))
+            # few hosts are ever not ready: find them, rather than asking about every host seen
+            rows = [r for r in s.execute(select(HostRow.id, HostRow.name).where(HostRow.state != "ready"))
+                    if r.id in seen]
             back = [r.id for r in rows]
             for r in rows:
                 self._event(s, "host", "up", r.name, id=r.id)
