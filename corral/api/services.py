@@ -24,8 +24,8 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)])
 def _service_body(state: ServerState, name: str, with_instances: bool = True) -> dict[str, Any]:
     with store_errors():
         row = state.store.get_service(name)
-    hosts = state.store.host_briefs()
-    return service_json(row, state.store.list_instances(service_id=row.id), hosts, with_instances)
+    instances = state.store.list_instances(service_id=row.id)
+    return service_json(row, instances, state.store.host_briefs(i.host_id for i in instances), with_instances)
 
 
 def _port_conflicts(state: ServerState, name: str, spec: dict[str, Any]) -> list[str]:
@@ -46,10 +46,11 @@ def create_service(body: ServiceCreate, state: ServerState = Depends(server_stat
 
 @router.get("/services")
 def list_services(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
-    hosts = state.store.host_briefs()
     by_service: dict[str, list[Any]] = {}
-    for inst in state.store.list_instances():
+    instances = state.store.list_instances()
+    for inst in instances:
         by_service.setdefault(inst.service_id, []).append(inst)
+    hosts = state.store.host_briefs(i.host_id for i in instances)
     return [service_json(s, by_service.get(s.id, []), hosts) for s in state.store.list_services()]
 
 
@@ -111,9 +112,9 @@ def list_instances(service: str | None = None, state: ServerState = Depends(serv
     if service is not None:
         with store_errors():
             service_id = state.store.get_service(service).id
-    hosts = state.store.host_briefs()
-    return [instance_json(i, names.get(i.service_id, "?"), hosts)
-            for i in state.store.list_instances(service_id=service_id)]
+    instances = state.store.list_instances(service_id=service_id)
+    hosts = state.store.host_briefs(i.host_id for i in instances)
+    return [instance_json(i, names.get(i.service_id, "?"), hosts) for i in instances]
 
 
 @router.get("/services/{name}/logs")

@@ -77,8 +77,8 @@ def deploy(stack: str, body: StackDeploy, state: ServerState = Depends(server_st
 
 @router.get("")
 def list_stacks(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
-    hosts = state.store.host_briefs()
     instances = state.store.list_instances()
+    hosts = state.store.host_briefs(i.host_id for i in instances)
     out = []
     for stack, rows in state.store.list_stacks().items():
         ids = {r.id for r in rows}
@@ -100,15 +100,17 @@ def _stack_rows(stack: str, state: ServerState) -> list[Any]:
 @router.get("/{stack}/services")
 def stack_services(stack: str, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
     rows = _stack_rows(stack, state)
-    hosts = state.store.host_briefs()
-    return [service_json(r, state.store.list_instances(service_id=r.id), hosts) for r in rows]
+    instances = {r.id: state.store.list_instances(service_id=r.id) for r in rows}
+    hosts = state.store.host_briefs(i.host_id for mine in instances.values() for i in mine)
+    return [service_json(r, instances[r.id], hosts) for r in rows]
 
 
 @router.get("/{stack}/ps")
 def stack_ps(stack: str, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
     rows = _stack_rows(stack, state)
-    hosts = state.store.host_briefs()
-    return [instance_json(i, r.name, hosts) for r in rows for i in state.store.list_instances(service_id=r.id)]
+    instances = [(r.name, i) for r in rows for i in state.store.list_instances(service_id=r.id)]
+    hosts = state.store.host_briefs(i.host_id for _, i in instances)
+    return [instance_json(i, name, hosts) for name, i in instances]
 
 
 @router.delete("/{stack}", status_code=204)

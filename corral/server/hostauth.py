@@ -5,7 +5,8 @@ polls once per heartbeat interval each: looking the host up in the store and
 hashing the secret on every request would be most of the server's work.  A
 credential that checked out is remembered for ``ttl`` seconds (keyed by the
 whole token, so a wrong secret never hits the cache); removing a host forgets
-it at once on this server, and within ``ttl`` on other replicas.
+it at once on this server; other replicas drop its polls within a second or
+two anyway, when the host's revision disappears from their table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class HostIdentity:
 
 
 class HostAuthCache:
-    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, ttl: float = 600.0, clock: Callable[[], float] = time.monotonic,
                  max_entries: int = 200_000) -> None:
         self.ttl = ttl
         self._clock = clock

@@ -155,12 +155,16 @@ class Store:
         with self._read() as s:
             return s.scalar(select(ClusterStateRow.revision).where(ClusterStateRow.id == 1)) or 0
 
-    def host_briefs(self) -> dict[str, HostBrief]:
-        """Every host's id, name, state and platform: what listings of services and
-        instances show, without loading (and decoding) each host's facts."""
+    def host_briefs(self, ids: Iterable[str] | None = None) -> dict[str, HostBrief]:
+        """Hosts' id, name, state and platform (those in ``ids``, or all): what listings of
+        services and instances show, without loading (and decoding) each host's facts."""
+        q = select(HostRow.id, HostRow.name, HostRow.state, HostRow.platform)
+        wanted = None if ids is None else set(ids)
+        if wanted is not None and len(wanted) <= 500:
+            q = q.where(HostRow.id.in_(wanted))
         with self._read() as s:
-            rows = s.execute(select(HostRow.id, HostRow.name, HostRow.state, HostRow.platform))
-            return {r.id: HostBrief(r.id, r.name, r.state, r.platform) for r in rows}
+            return {r.id: HostBrief(r.id, r.name, r.state, r.platform) for r in s.execute(q)
+                    if wanted is None or r.id in wanted}
 
     def host_credential(self, host_id: str) -> tuple[str, str] | None:
         """(name, token hash) of a host, for authenticating its agent."""
