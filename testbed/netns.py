@@ -160,6 +160,19 @@ class NetnsHost:
             self.stop()
             raise
 
+    def cut(self) -> None:
+        """Cut the host off, as a failed link would: its loopback goes down (what its agent
+        sends is dropped, and it cannot dial) and the forwarder stops (the forwarder ends TCP
+        in the root namespace, so while it ran it would answer the server's keepalive probes
+        however dead the host's side).  dockerd, the containers and the agent run on."""
+        _run(["ip", "-n", self.netns, "link", "set", "lo", "down"])
+        self._stop_forwarder()
+
+    def reconnect(self) -> None:
+        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+        if self.forward_ports:
+            self._start_forwarder()
+
     def _start_forwarder(self) -> None:
         argv = [sys.executable, "-m", "testbed.forward", "--netns", self.netns_path]
         for port in self.forward_ports:

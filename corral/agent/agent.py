@@ -35,6 +35,7 @@ log = logging.getLogger("corral.agent")
 RESYNC_EVERY = 5.0  # seconds between reconcile passes when nothing happens
 FACTS_EVERY = 60.0
 COALESCE = 0.02  # seconds a status change waits for the next one, to share a report
+EVENT_RECHECK = 0.5  # seconds after an engine event, a second look
 
 
 class Agent:
@@ -139,7 +140,8 @@ class Agent:
                 else:
                     log.warning("server unreachable (%s); keeping containers as they are", exc)
                 self._stop.wait(backoff + random.random())
-                backoff = min(backoff * 2, 15.0)
+                # never wait longer than the server takes to call a silent host down
+                backoff = min(backoff * 2, 15.0, max(1.0, self.heartbeat * 2))
                 continue
             if "desired" in body:
                 self._apply_desired(body["desired"])
@@ -202,6 +204,9 @@ class Agent:
                     self.poke()  # the stream (re)opened: the engine may have restarted
                     for _ in stream:
                         self.poke()
+                        # the engine may list a container as running for a moment after its
+                        # `die`: look once more shortly after
+                        self.reconciler.next_due = min(self.reconciler.next_due, time.time() + EVENT_RECHECK)
             except (DockerError, OSError) as exc:
                 log.debug("engine events: %s", exc)
             self._stop.wait(1.0)

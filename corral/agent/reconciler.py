@@ -123,8 +123,15 @@ class Reconciler:
         wanted = {i.id for i in desired.instances}
         self.next_due = float("inf")
         self._route(desired, by_instance)
+        # stop-first: a slot's new instance starts only once its old container is gone from this
+        # host (no two processes on one volume or host port); its removal pokes another pass
+        leaving = {slot_of(c) for iid, cs in by_instance.items() if iid not in wanted for c in cs}
+        held = [s for s in desired.instances if not by_instance.get(s.id) and (s.service, s.slot) in leaving]
+        if held:
+            with self._lock:
+                self._skipped = True  # the removal's end pokes the next pass
         jobs = [self._submit(self._pool, spec.id, self._ensure, spec, by_instance.get(spec.id, []))
-                for spec in desired.instances]
+                for spec in desired.instances if spec not in held]
         jobs += [self._submit(self._removals, c.id, self._remove, c)
                  for iid, cs in by_instance.items() if iid not in wanted for c in cs]
         if wait:
@@ -259,7 +266,7 @@ class Reconciler:
         if c.state != "created":
             book.restarts += 1
         self.docker.start(c.id)
-        self._report(spec.id, model.RUNNING, container_id=c.id)
+        self._report(spec.id, model.RUNNING, container_id=c.id, health=self._health_after_start(c.id))
 
     def _handle_unhealthy(self, spec: InstanceSpec, c: ContainerInfo) -> None:
         """Its healthcheck failed: a failure for the restart policy. Stop it (its logs stay) and,
@@ -324,7 +331,24 @@ class Reconciler:
             self._report(spec.id, model.FAILED, container_id=cid, error=exc.message)
             self._due(now + 5)
             return
-        self._report(spec.id, model.RUNNING, container_id=cid)
+        self._report(spec.id, model.RUNNING, container_id=cid, health=self._health_after_start(cid))
+
+    def _health_after_start(self, cid: str) -> str:
+        """A container with a health check (its own or the image's) is `starting` until the check
+        passes: never report it ready before that."""
+        try:
+            return health_of(self.docker.inspect_container(cid))
+        except DockerError:
+            return ""
+
+
+def slot_of(c: ContainerInfo) -> tuple[str, int]:
+    """(service, slot) of an owned container, from its name SERVICE.SLOT.ID."""
+    service, _, rest = c.name.rpartition(".")[0].rpartition(".")
+    try:
+        return c.labels.get(model.LABEL_SERVICE, service), int(rest)
+    except ValueError:
+        return "", -1
 
 
 class IngressTable(Protocol):

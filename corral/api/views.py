@@ -61,8 +61,9 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Hosts) -> dict[str
 
 
 def running_count(instances: Iterable[InstanceRow], hosts: Hosts) -> int:
-    return sum(1 for i in instances if i.state == RUNNING and i.host_id in hosts
-               and hosts[i.host_id].state == "ready")
+    """Instances that run on a ready host and are not failing or still starting their health check."""
+    return sum(1 for i in instances if i.state == RUNNING and i.health not in ("starting", "unhealthy")
+               and i.host_id in hosts and hosts[i.host_id].state == "ready")
 
 
 def update_json(row: ServiceRow, instances: list[InstanceRow]) -> dict[str, Any] | None:

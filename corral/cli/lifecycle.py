@@ -238,8 +238,9 @@ def rollout_progress(svc: dict[str, Any]) -> tuple[int, int, str, bool]:
     running = int(svc.get("running", 0))
     if svc.get("pending_reason") and running < desired:
         return running, desired, f"pending: {svc['pending_reason']}", True
-    note = state.replace("_", " ") if state in ("completed", "rollback_completed") else "running"
-    return running, max(desired, 1), note, running >= desired
+    if state in ("completed", "rollback_completed"):  # done: the service's own state is `ps`'s to show
+        return running, max(desired, 1), state.replace("_", " "), True
+    return running, max(desired, 1), "running", running >= desired
 
 
 @app.command()

@@ -30,13 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from corral.model import EXITED, FAILED, HEALTH_STARTING, PULL_FAILED, RUNNING, UNHEALTHY
+from corral.model import EXITED, FAILED, HEALTH_STARTING, PULL_FAILED, RESTARTING, RUNNING, UNHEALTHY
 
 DEFAULTS: Mapping[str, Any] = {"parallelism": 1, "delay": 0.0, "order": "stop-first", "monitor": 5.0,
                                "max_failure_ratio": 0.0, "failure_action": "pause"}
 ROLLBACK_DEFAULTS: Mapping[str, Any] = {**DEFAULTS, "failure_action": "pause"}
 ACTIVE = ("updating", "rolling_back")
-_FAILED_STATES = (EXITED, FAILED, PULL_FAILED)
+FINISHED = ("completed", "rollback_completed", "paused", "rollback_paused")
+_FAILED_STATES = (EXITED, FAILED, PULL_FAILED, RESTARTING)  # restarting: it exited, and waits to retry
 
 
 class Instance(Protocol):

@@ -154,6 +154,7 @@ class ServiceController:
         self._wake_at: float | None = None
         self._rolling = False  # an update waits for instances: every pass must look
         self._forced = False
+        self._started = store.clock()
         self._notify = notify
         self._images = images
         self._lock = threading.Lock()
@@ -250,7 +251,7 @@ class ServiceController:
         req = service_request(service)
         roll = rollout.step(service.spec, service.version, service.update_state, instances, now)
         if roll.rollback:
-            self._store.rollback_service(service.name)
+            self._store.rollback_service(service.name, (roll.state or {}).get("message") or "an instance failed")
             return []
         if roll.wake_at is not None or (service.update_state or {}).get("state") in rollout.ACTIVE:
             self._due(roll.wake_at if roll.wake_at is not None else now + 1.0)
@@ -271,9 +272,14 @@ class ServiceController:
             used = {i.slot for i in kept}
             missing = max(0, service.replicas - len(used))
             fresh = [s for s in range(1, service.replicas + len(used) + 1) if s not in used][:missing]
-            # start-first: the slot still has its old instance, and gets a new one beside it
+            # start-first: the slot still has its old instance, and gets a new one beside it.  Where
+            # nothing is reserved or bound on the host, the old one does not count, so the new one
+            # goes where the old one would (spread stays even once the old ones are gone).
             slots = sorted(set(fresh) | {s for s in roll.place if s <= service.replicas})
-            result = plan(req, fleet.snapshot(set(remove)), slots)
+            replaced = {i.id for i in instances if i.slot in roll.place and i.id not in set(remove)}
+            light = not req.reservations.cpu and not req.reservations.memory and \
+                not any(req.reservations.generic.values()) and not req.ports
+            result = plan(req, fleet.snapshot(set(remove) | (replaced if light else set())), slots)
         resolved = ResolvedImage.from_dict(service.resolution) if service.resolution is not None else None
         add = [self._new_instance(service, resolved, p, hosts[p.host_id]) for p in result.placements]
         state, event = roll.state, roll.event
@@ -296,7 +302,9 @@ class ServiceController:
             grace = float(host.labels.get(RESCHEDULE_LABEL, self.reschedule_after))
         except ValueError:
             grace = self.reschedule_after
-        due = host.last_seen + self.down_after + grace
+        # the grace runs from when the host went silent, or from this server's start if later:
+        # a host the server could not hear while it was itself down gets its full grace
+        due = max(host.last_seen, self._started) + self.down_after + grace
         if now < due:
             self._due(due)
             return False

@@ -389,13 +389,20 @@ class Store:
         self._changed(s)
         return rollout
 
-    def rollback_service(self, name: str) -> ServiceRow:
-        """Go back to the spec before the last update, as a rolling update of its own."""
+    def rollback_service(self, name: str, reason: str = "") -> ServiceRow:
+        """Go back to the spec before the last update, as a rolling update of its own.
+
+        ``reason`` (an automatic rollback: why the update failed) is recorded as an
+        ``update_failed`` event and kept as the rollback's message."""
         with self._write() as s:
             row = self._service_row(s, name)
             if row.previous_spec is None:
                 raise ConflictError(f"service {name!r} has no previous spec to roll back to")
+            if reason:
+                self._event(s, "service", "update_failed", name, version=row.version, message=reason)
             self._update_service(s, row, row.previous_spec, None, action="rollback")
+            if reason and row.update_state is not None:
+                row.update_state = {**row.update_state, "message": f"update failed, rolled back: {reason}"}
             return row
 
     def set_update_state(self, service_id: str, state: dict[str, Any], event: str | None = None) -> None:
@@ -427,9 +434,11 @@ class Store:
                     self._create_service(s, svc.name, svc.spec, svc.replicas, stack)
                     out["created"].append(svc.name)
                     continue
-                scaled = svc.replicas != row.replicas
+                # a global service's replicas are the hosts that qualify, not the file's
+                replicas = row.replicas if svc.spec.get("mode") == "global" else svc.replicas
+                scaled = replicas != row.replicas
                 changed = svc.spec != row.spec
-                if self._update_service(s, row, svc.spec, svc.replicas) if (changed or scaled) else False:
+                if self._update_service(s, row, svc.spec, replicas) if (changed or scaled) else False:
                     out["updated"].append(svc.name)
                 elif changed or scaled:
                     out["scaled" if scaled else "updated"].append(svc.name)

@@ -212,19 +212,12 @@ def test_dockerd_restart_on_a_host_converges(cluster: Cluster, shop: subprocess.
 
 
 def cut(node: Node) -> None:
-    """Cut the host off: its namespace's loopback goes down (what the agent sends is dropped,
-    and it cannot dial), and the namespace's forwarder stops. The forwarder terminates TCP in
-    the root namespace, so while it ran the server would keep a healthy connection to it (its
-    keepalive probes answered) however dead the host's side; stopping it closes the server's
-    side, as a real cut does once the keepalive probes go unanswered. dockerd, the containers
-    and the agent run on."""
-    subprocess.run(["ip", "-n", node.host.netns, "link", "set", "lo", "down"], check=True)
-    node.host._stop_forwarder()
+    """See NetnsHost.cut: the agent is cut off, its containers run on."""
+    node.host.cut()
 
 
 def reconnect(node: Node) -> None:
-    subprocess.run(["ip", "-n", node.host.netns, "link", "set", "lo", "up"], check=True)
-    node.host._start_forwarder()
+    node.host.reconnect()
 
 
 def test_host_cut_off_then_back(cluster: Cluster, shop: subprocess.CompletedProcess[str]) -> None:

@@ -252,7 +252,7 @@ def test_an_unhealthy_container_is_stopped_and_replaced_after_the_backoff(
     (new,) = docker.containers
     assert new != old and docker.containers[new]["state"] == "running"
     st = rec.statuses()[0]
-    assert (st.state, st.container_id, st.restarts, st.health) == (model.RUNNING, new, 1, "")
+    assert (st.state, st.container_id, st.restarts, st.health) == (model.RUNNING, new, 1, model.HEALTH_STARTING)  # not ready before its check passes
 
 
 def test_unhealthy_with_restart_policy_none_stays_down(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
@@ -309,3 +309,17 @@ def test_removed_containers_get_their_own_grace_period(grace: float | None, expe
     rec.run_once(wait=True)
     assert docker.stop_timeouts == {a: expected, b: expected}
     assert [c["options"]["stop_grace_period"] for c in docker.containers.values()] == [5.0]
+
+
+def test_stop_first_on_one_host_starts_the_new_instance_after_the_old_one_is_gone(
+        env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """An update replaced slot 1's instance on this host: never two containers of one slot at once."""
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("old")]))
+    rec.run_once(wait=True)
+    rec.set_desired(DesiredSet(2, [spec("new")]))  # same service, same slot
+    rec.run_once(wait=True)
+    assert [c["name"] for c in docker.containers.values()] == []  # the old one went; the new one waited
+    rec.run_once(wait=True)
+    assert [c["name"] for c in docker.containers.values()] == ["web.1.new"]
+    assert [name for op, name in docker.calls if op == "create"] == ["web.1.old", "web.1.new"]
