@@ -44,8 +44,12 @@ def create_service(body: ServiceCreate, state: ServerState = Depends(server_stat
     return _service_body(state, body.name)
 
 
-@router.get("/services")
-def list_services(state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
+@router.get("/services", response_model=None)
+def list_services(state: ServerState = Depends(server_state)) -> Response:
+    return state.listings.response(("services",), state.store.generation, lambda: _services(state))
+
+
+def _services(state: ServerState) -> list[dict[str, Any]]:
     by_service: dict[str, list[Any]] = {}
     instances = state.store.list_instances()
     for inst in instances:
@@ -105,8 +109,13 @@ def delete_service(name: str, state: ServerState = Depends(server_state)) -> Res
     return Response(status_code=204)
 
 
-@router.get("/instances")
-def list_instances(service: str | None = None, state: ServerState = Depends(server_state)) -> list[dict[str, Any]]:
+@router.get("/instances", response_model=None)
+def list_instances(service: str | None = None, state: ServerState = Depends(server_state)) -> Response:
+    return state.listings.response(("instances", service), state.store.generation,
+                                   lambda: _instances(state, service))
+
+
+def _instances(state: ServerState, service: str | None) -> list[dict[str, Any]]:
     names = {s.id: s.name for s in state.store.list_services()}
     service_id = None
     if service is not None:

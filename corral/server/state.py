@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from corral.controllers.hosts import HostMonitor
 from corral.controllers.services import ImageResolver, ServiceController
 from corral.server.channels import LogBroker, Notifier
+from corral.api.cache import ListingCache
 from corral.server.hostauth import HostAuthCache
 from corral.store.store import Store
 
@@ -26,6 +27,7 @@ class ServerState:
     public_url: str
     agent_image: str
     host_auth: HostAuthCache
+    listings: ListingCache
 
     @classmethod
     def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
@@ -47,4 +49,5 @@ class ServerState:
             public_url=public_url,
             agent_image=agent_image,
             host_auth=HostAuthCache(),
+            listings=ListingCache(),
         )

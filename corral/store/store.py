@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections import defaultdict
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
@@ -93,6 +94,7 @@ class Store:
         self.clock = clock
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self.generation = 0  # counts this process's writes that listings would show
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -100,12 +102,16 @@ class Store:
             yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def _write(self, quiet: bool = False) -> Iterator[Session]:
+        """A write transaction; unless ``quiet`` (nothing a listing shows changed), it moves
+        :attr:`generation` on, which read caches key on."""
         if self._write_lock is not None:
             self._write_lock.acquire()
         try:
             with self._sessions.begin() as session:
                 yield session
+            if not quiet:
+                self.generation += 1
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
@@ -299,21 +305,27 @@ class Store:
         """Record when hosts were last heard from (one batch); return those that were down."""
         if not seen:
             return []
-        with self._write() as s:
+        with self._write(quiet=True) as s:
             # few hosts are ever not ready: find them, rather than asking about every host seen
             rows = [r for r in s.execute(select(HostRow.id, HostRow.name).where(HostRow.state != "ready"))
                     if r.id in seen]
             back = [r.id for r in rows]
             for r in rows:
                 self._event(s, "host", "up", r.name, id=r.id)
-            table = HostRow.__table__.c.id.table
-            s.connection().execute(update(table).where(table.c.id == bindparam("hid"))
-                                   .values(last_seen=bindparam("ts")),
-                                   [{"hid": k, "ts": v} for k, v in seen.items()])
+            # hosts seen at the same moment (all those holding a poll) share one statement per chunk
+            by_time: dict[float, list[str]] = defaultdict(list)
+            for host_id, ts in seen.items():
+                by_time[ts].append(host_id)
+            for ts, ids in by_time.items():
+                for i in range(0, len(ids), 5000):
+                    s.execute(update(HostRow).where(HostRow.id.in_(ids[i:i + 5000])).values(last_seen=ts)
+                              .execution_options(synchronize_session=False))
             if back:
                 s.execute(update(HostRow).where(HostRow.id.in_(back)).values(state="ready"))
                 self._changed(s)
-            return back
+        if back:
+            self.generation += 1
+        return back
 
     def host_revision(self, host_id: str) -> int:
         with self._read() as s:

@@ -76,3 +76,32 @@ def test_liveness_is_written_in_one_batch(tmp_path: Path) -> None:
         monitor.seen(h.id)
     monitor.check()
     assert {h.last_seen for h in store.list_hosts()} == {clock.t}
+
+
+def test_a_listing_is_reused_only_while_nothing_changed_and_briefly() -> None:
+    from corral.api.cache import ListingCache
+
+    clock = Clock()
+    cache = ListingCache(ttl=1.0, clock=clock)
+    made: list[int] = []
+
+    def make() -> list[int]:
+        made.append(1)
+        return [len(made)]
+
+    assert cache.response("k", 0, make).body == b"[1]"
+    assert cache.response("k", 0, make).body == b"[1]" and len(made) == 1
+    assert cache.response("k", 1, make).body == b"[2]"  # a write on this server: at once
+    clock.t += 1.5
+    assert cache.response("k", 1, make).body == b"[3]"  # another replica's writes: within ttl
+
+
+def test_liveness_alone_does_not_invalidate_listings(tmp_path: Path) -> None:
+    store = Store(open_engine(sqlite_url(tmp_path)))
+    host = store.create_host("a", {}, {}, "h" * 64)
+    before = store.generation
+    store.touch_hosts({host.id: 1.0})
+    assert store.generation == before
+    store.mark_down(10.0)
+    store.touch_hosts({host.id: 11.0})  # back: listings show the state
+    assert store.generation > before
