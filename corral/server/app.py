@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from corral import __version__
 from corral.api import agent, events, hosts, images, registries, services, stacks, system, tokens
+from corral.server import gcpause
 from corral.server.state import ServerState
 
 log = logging.getLogger("corral.server")
@@ -32,6 +33,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
         tasks = [asyncio.create_task(_every(1.0, _check_hosts, state)),
                  asyncio.create_task(_refresh_revisions(state)),
                  asyncio.create_task(_every(60.0, state.store.prune_events, EVENTS_KEPT)),
+                 asyncio.create_task(_every(600.0, gcpause.full_collection)),
                  asyncio.create_task(_reconcile_loop(state, kicked, reconcile_every))]
         try:
             yield

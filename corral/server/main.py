@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral import __version__, tokens
+from corral.server import gcpause
 
 if TYPE_CHECKING:
     from corral.controllers.services import ImageResolver
@@ -109,6 +110,7 @@ def run(argv: list[str]) -> int:
     from corral.server.app import create_app
 
     state, pki = bootstrap(args)
+    gcpause.watch()
     host, port = args.listen
     certfile, keyfile = (None, None) if args.insecure_http else (str(pki.cert_path), str(pki.key_path))
     if args.insecure_http:
