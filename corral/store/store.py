@@ -17,6 +17,7 @@ otherwise :class:`StaleRevision` tells it to read again and replan.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 from collections import defaultdict
@@ -24,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +37,27 @@ from corral.store.tables import ClusterStateRow, EventRow, HostRow, InstanceRow,
 
 def new_id() -> str:
     return secrets.token_hex(6)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def retried(method: F) -> F:
+    """Run a write method again (up to 3 times) when PostgreSQL picked its transaction as a
+    deadlock victim or could not serialise it; the method is one transaction, so nothing of
+    the failed try remains."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(4):
+            try:
+                return method(*args, **kwargs)
+            except OperationalError as exc:
+                code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+                if code not in ("40P01", "40001") or attempt == 3:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+    return wrapper  # type: ignore[return-value]
 
 
 class NotFoundError(LookupError):
@@ -205,6 +228,7 @@ class Store:
         with self._read() as s:
             return s.get(HostRow, host_id)
 
+    @retried
     def set_label(self, host_id: str, key: str, value: str | None) -> HostRow:
         with self._write() as s:
             row = s.get(HostRow, host_id)
@@ -222,6 +246,7 @@ class Store:
             self._event(s, "host", "label", row.name, id=row.id, key=key, value=value)
             return row
 
+    @retried
     def set_availability(self, host_id: str, availability: str) -> HostRow:
         with self._write() as s:
             row = s.get(HostRow, host_id)
@@ -232,6 +257,7 @@ class Store:
             self._event(s, "host", availability, row.name, id=row.id)
             return row
 
+    @retried
     def remove_host(self, host_id: str) -> None:
         with self._write() as s:
             row = s.get(HostRow, host_id)
@@ -241,6 +267,7 @@ class Store:
             s.execute(delete(HostRow).where(HostRow.id == host_id))
             self._changed(s)
 
+    @retried
     def heartbeat(self, host_id: str, facts: dict[str, Any] | None,
                   statuses: Sequence[InstanceStatus], facts_patch: dict[str, Any] | None = None) -> bool:
         """Record a status report; return True when the host was down and is back.
@@ -288,6 +315,7 @@ class Store:
                     inst.since = st.since
             return came_back
 
+    @retried
     def mark_down(self, last_seen_before: float, spare: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Mark down the ready hosts not seen since ``last_seen_before`` (but those in ``spare``)."""
         with self._write() as s:
@@ -301,6 +329,7 @@ class Store:
                     self._event(s, "host", "down", r.name, id=r.id)
             return ids
 
+    @retried
     def touch_hosts(self, seen: dict[str, float]) -> list[str]:
         """Record when hosts were last heard from (one batch); return those that were down."""
         if not seen:
@@ -316,13 +345,15 @@ class Store:
             by_time: dict[float, list[str]] = defaultdict(list)
             for host_id, ts in seen.items():
                 by_time[ts].append(host_id)
+            if back:  # the cluster row before host rows, as every other writer takes them
+                self._changed(s)
             for ts, ids in by_time.items():
+                ids.sort()  # host rows in one order in every transaction: no deadlocks between them
                 for i in range(0, len(ids), 5000):
                     s.execute(update(HostRow).where(HostRow.id.in_(ids[i:i + 5000])).values(last_seen=ts)
                               .execution_options(synchronize_session=False))
             if back:
                 s.execute(update(HostRow).where(HostRow.id.in_(back)).values(state="ready"))
-                self._changed(s)
         if back:
             self.generation += 1
         return back
@@ -426,6 +457,7 @@ class Store:
             if event:
                 self._event(s, "service", event, row.name, version=row.version, message=state.get("message", ""))
 
+    @retried
     def apply_stack(self, stack: str, services: Sequence[StackService], prune: bool = False) -> dict[str, list[str]]:
         """Create, update (or, with ``prune``, remove) a stack's services in one transaction.
 
@@ -471,6 +503,7 @@ class Store:
                 stacks.setdefault(str(row.stack), []).append(row)
             return stacks
 
+    @retried
     def delete_stack(self, stack: str) -> list[str]:
         """Remove every service of a stack; return the hosts whose sets changed."""
         with self._write() as s:
@@ -509,6 +542,7 @@ class Store:
             self._event(s, "service", "scaled", name, replicas=replicas)
             return row
 
+    @retried
     def delete_service(self, name: str) -> list[str]:
         """Delete a service and its instances; return the hosts whose sets changed."""
         with self._write() as s:
@@ -578,6 +612,7 @@ class Store:
             rows = s.execute(select(InstanceRow.host_id, func.count()).group_by(InstanceRow.host_id))
             return {host_id: n for host_id, n in rows}
 
+    @retried
     def apply_service_plan(self, service_id: str, add: Iterable[NewInstance], remove: Iterable[str],
                            pending_reason: str | None, replicas: int | None = None,
                            expect_revision: int | None = None, update_state: dict[str, Any] | None = None,
@@ -624,6 +659,7 @@ class Store:
             self._bump(s, sorted(hosts))
             return sorted(hosts)
 
+    @retried
     def bump_revisions(self, host_ids: Sequence[str]) -> None:
         """Make these hosts fetch their desired sets again (e.g. new pull credentials)."""
         with self._write() as s:
