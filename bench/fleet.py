@@ -922,9 +922,11 @@ def run_async(coro: Coroutine[Any, Any, T], timeout: float) -> T:
 
 
 @contextlib.contextmanager
-def started_server(db: str, tmp: Path) -> Iterator[ServerProc]:
+def started_server(db: str, tmp: Path, poll_wait: float | None = None) -> Iterator[ServerProc]:
     """A corral server on ``db``; stopped (and its PostgreSQL database dropped) afterwards."""
     extra = ["--heartbeat-interval", f"{HEARTBEAT:g}"]
+    if poll_wait is not None:
+        extra += ["--poll-wait", f"{poll_wait:g}"]
     if db == "postgres":
         extra += ["--db", daemons.fresh_postgres_database(PG_DATABASE)]
     server = ServerProc(tmp / f"server-{db}", extra_args=extra)
@@ -941,7 +943,7 @@ def started_server(db: str, tmp: Path) -> Iterator[ServerProc]:
 
 
 def run_one(db: str, args: argparse.Namespace, tmp: Path, image: str) -> dict[str, Any]:
-    with started_server(db, tmp) as server:
+    with started_server(db, tmp, args.poll_wait) as server:
         say(f"[{db}] corral server pid {server.proc.pid if server.proc else '?'} on {server.url}")
         timeout = (args.register_timeout + args.converge_timeout + args.warmup + args.duration
                    + 180)
@@ -1040,13 +1042,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-timeout", type=float, default=30.0,
                    help="an admin call not answered this long after it was due is a timeout")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="300 agents, 15 s window (smoke test)")
+    p.add_argument("--poll-wait", type=float, default=None,
+                   help="the server's --poll-wait (default: the server's own, 55 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="300 agents, 15 s window, polls renewed every 10 s (smoke test)")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     args = p.parse_args(argv)
     if args.quick:
         args.agents = 300
         args.duration = 15.0
+        args.poll_wait = 10.0  # so that a 15 s window sees polls return
     if args.agents < 1 or args.duration <= 0 or args.register_concurrency < 1:
         p.error("--agents, --duration and --register-concurrency must be positive")
     if args.register_timeout is None:
