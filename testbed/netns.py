@@ -58,7 +58,8 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str
     return res
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -69,7 +70,7 @@ def _alive(pid: int) -> bool:
 def _wait_dead(pids: set[int], timeout: float) -> set[int]:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if _alive(p)}
+        pids = {p for p in pids if process_alive(p)}
         if pids:
             time.sleep(0.05)
     return pids
@@ -270,7 +271,7 @@ class NetnsHost:
         if pid is None and pidfile.exists():
             with contextlib.suppress(ValueError, OSError):
                 pid = int(pidfile.read_text().strip())
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             return
         kill_quietly(pid, signal.SIGTERM)
         if _wait_dead({pid}, 20):
@@ -291,7 +292,7 @@ class NetnsHost:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 if b"testbed.forward" not in cmdline or self.netns_path.encode() not in cmdline:
                     pid = None  # a recycled pid: not ours
-        if pid is not None and _alive(pid):
+        if pid is not None and process_alive(pid):
             kill_quietly(pid, signal.SIGTERM)
             if _wait_dead({pid}, 5):
                 kill_quietly(pid, signal.SIGKILL)

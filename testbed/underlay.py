@@ -52,6 +52,7 @@ from types import TracebackType
 from typing import Any
 
 from testbed.daemons import TestbedError, kill_quietly
+from testbed.netns import process_alive
 
 NETNS_DIR = Path("/run/netns")
 NS_PREFIX = "crl-ul"
@@ -74,14 +75,6 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = _TIMEOUT,
     if check and res.returncode != 0:
         raise TestbedError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
     return res
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def nsenter(netns_path: str) -> list[str]:
@@ -215,7 +208,7 @@ class Underlay:
                 kill_quietly(pid, sig)
             deadline = time.monotonic() + grace
             while pids and time.monotonic() < deadline:
-                pids = {p for p in pids if _alive(p)}
+                pids = {p for p in pids if process_alive(p)}
                 if pids:
                     time.sleep(0.05)
             if not pids:

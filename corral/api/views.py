@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from corral.model import RUNNING
+from corral.model import HEALTH_STARTING, RUNNING, UNHEALTHY
 from corral.store.store import HostBrief
 from corral.store.tables import HostRow, InstanceRow, ServiceRow
 
@@ -62,7 +62,7 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Hosts) -> dict[str
 
 def running_count(instances: Iterable[InstanceRow], hosts: Hosts) -> int:
     """Instances that run on a ready host and are not failing or still starting their health check."""
-    return sum(1 for i in instances if i.state == RUNNING and i.health not in ("starting", "unhealthy")
+    return sum(1 for i in instances if i.state == RUNNING and i.health not in (HEALTH_STARTING, UNHEALTHY)
                and i.host_id in hosts and hosts[i.host_id].state == "ready")
 
 

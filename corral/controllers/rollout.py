@@ -36,7 +36,6 @@ DEFAULTS: Mapping[str, Any] = {"parallelism": 1, "delay": 0.0, "order": "stop-fi
                                "max_failure_ratio": 0.0, "failure_action": "pause"}
 ROLLBACK_DEFAULTS: Mapping[str, Any] = {**DEFAULTS, "failure_action": "pause"}
 ACTIVE = ("updating", "rolling_back")
-FINISHED = ("completed", "rollback_completed", "paused", "rollback_paused")
 _FAILED_STATES = (EXITED, FAILED, PULL_FAILED, RESTARTING)  # restarting: it exited, and waits to retry
 
 
