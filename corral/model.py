@@ -41,6 +41,8 @@ LABEL_HOST = "io.corral.host"
 LABEL_INSTANCE = "io.corral.instance"
 LABEL_SERVICE = "io.corral.service"
 LABEL_SPEC = "io.corral.spec"
+# an instance's address on its host's overlay subnet: the agent creates the container there
+LABEL_ADDRESS = "io.corral.address"
 
 
 @dataclass(frozen=True)

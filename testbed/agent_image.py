@@ -69,7 +69,8 @@ PLATFORM_ARCH: dict[str, str] = {
 }
 _LAYER_LAYOUT = "corral-agent-image-1"  # bump when the layer layout changes
 _ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        f"PYTHONPATH={PYTHONPATH}", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8"]
+        f"PYTHONPATH={PYTHONPATH}", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8",
+        "CORRAL_OVERLAY=off"]  # the image has no ip, wg or iptables
 
 
 # ---------------------------------------------------------------- layers

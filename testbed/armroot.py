@@ -97,6 +97,7 @@ _AGENT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1",
     "PYTHONDONTWRITEBYTECODE": "1",  # the root and the source are read-only anyway
+    "CORRAL_OVERLAY": "off",  # the chroot has no ip, wg or iptables
 }
 
 

@@ -65,6 +65,7 @@ class ServerProc:
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    overlay: bool = False  # join the WireGuard overlay (off by default: tests of other things stay lean)
 
     @property
     def url(self) -> str:
@@ -121,6 +122,7 @@ class AgentProc:
     netns: Any = None  # a testbed.netns.NetnsHost, or None for the root namespace
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    overlay: bool = False  # join the WireGuard overlay (off by default: tests of other things stay lean)
 
     @property
     def log_path(self) -> Path:
@@ -137,7 +139,7 @@ class AgentProc:
 
     def start(self) -> AgentProc:
         log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CORRAL_OVERLAY": "on" if self.overlay else "off"}
         if self.netns is not None:
             self.proc = self.netns.popen(self.argv(), hostname=self.name, env=env, stdout=log, stderr=subprocess.STDOUT)
         else:

@@ -5,6 +5,8 @@
               keepalive), renewed every poll_wait seconds
     reporter  pushes instance status and fact changes as they happen
     events    follows the engine's events for owned containers, to react to exits
+    overlay   (with the overlay on) keeps the host's WireGuard interface, container
+              network and DNS server as the server's plan says (corral.agent.overlay)
     main      runs reconcile passes when something changed, or every few seconds
 
 So an idle host sends one small request a minute, and an empty ACK per
@@ -24,6 +26,7 @@ from typing import Any
 from corral.agent import facts as facts_mod
 from corral.agent.ingress import Ingress
 from corral.agent.logs import LogSender
+from corral.agent.overlay import OverlayManager
 from corral.agent.reconciler import Reconciler
 from corral.agent.runtime.docker import DockerClient, DockerError
 from corral.agent.session import ServerError, ServerSession, Unreachable
@@ -41,7 +44,7 @@ EVENT_RECHECK = 0.5  # seconds after an engine event, a second look
 class Agent:
     def __init__(self, session: ServerSession, docker: DockerClient, state: StateDir, host_id: str,
                  labels: dict[str, str], hostname: str | None = None, heartbeat: float = 10.0,
-                 fake_gpus: int = 0) -> None:
+                 fake_gpus: int = 0, overlay: OverlayManager | None = None) -> None:
         self.session = session
         self.docker = docker
         self.state = state
@@ -63,6 +66,7 @@ class Agent:
         self.reconciler = Reconciler(docker, host_id, on_change=self._status_changed, on_work_done=self.poke,
                                      fake_gpus=fake_gpus > 0, ingress=self.ingress)
         self.logs = LogSender(session, docker, host_id)
+        self.overlay = overlay
         saved = state.desired()
         if saved is not None:
             self.reconciler.set_desired(saved)
@@ -75,6 +79,10 @@ class Agent:
         threads = [threading.Thread(target=self._channel_loop, name="channel", daemon=True),
                    threading.Thread(target=self._report_loop, name="reporter", daemon=True),
                    threading.Thread(target=self._events_loop, name="events", daemon=True)]
+        if self.overlay is not None:
+            self.overlay.prepare()
+            threads.append(threading.Thread(target=self.overlay.run, args=(self._stop,), name="overlay",
+                                            daemon=True))
         for t in threads:
             t.start()
         self._reconcile_loop()
@@ -87,6 +95,10 @@ class Agent:
     # -- reconcile ------------------------------------------------------------
 
     def _status_changed(self) -> None:
+        self._wake_report.set()
+
+    def report_soon(self) -> None:
+        """Something in the report changed (e.g. the overlay's): send it."""
         self._wake_report.set()
 
     def _reconcile_loop(self) -> None:
@@ -129,8 +141,10 @@ class Agent:
         while not self._stop.is_set():
             try:
                 wait = max(1, round(self.poll_wait))
-                body = self.session.call("GET", f"/api/v1/agent/channel?revision={self.reconciler.desired.revision}"
-                                         f"&wait={wait}", timeout=wait + 15)
+                query = f"revision={self.reconciler.desired.revision}&wait={wait}"
+                if self.overlay is not None:
+                    query += f"&mesh={self.overlay.digest}&dns={self.overlay.dns_generation}"
+                body = self.session.call("GET", f"/api/v1/agent/channel?{query}", timeout=wait + 15)
                 backoff = 1.0
                 self.heartbeat = float(body.get("heartbeat_interval", self.heartbeat))
                 self.poll_wait = float(body.get("poll_wait", self.heartbeat))
@@ -145,6 +159,10 @@ class Agent:
                 continue
             if "desired" in body:
                 self._apply_desired(body["desired"])
+            if self.overlay is not None and "overlay" in body:
+                self.overlay.set_plan(body["overlay"])
+            if self.overlay is not None and "dns" in body:
+                self.overlay.set_directory(body["dns"])
             for req in body.get("log_requests") or []:
                 self.logs.start(req)
 
@@ -165,6 +183,8 @@ class Agent:
         while not self._stop.is_set():
             now = time.time()
             facts = self._current_facts()
+            if self.overlay is not None:
+                facts = {**facts, "overlay": self.overlay.report()}
             statuses = {s.instance_id: s.to_dict() for s in self.reconciler.statuses()}
             changed = [v for k, v in statuses.items() if sent.get(k) != v]
             if (not changed and facts == self._facts_sent) or now < retry_at:
@@ -182,6 +202,8 @@ class Agent:
                 body["instances"] = changed
             try:
                 reply = self.session.call("POST", "/api/v1/agent/status", body)
+                if reply.get("overlay_refused"):
+                    log.error("%s", reply["overlay_refused"])
                 self._facts_sent = facts
                 sent.update((c["instance_id"], c) for c in changed)
                 self.heartbeat = float(reply.get("heartbeat_interval", self.heartbeat))

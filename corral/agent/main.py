@@ -12,14 +12,17 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from corral import tokens
 from corral.agent import facts as facts_mod
 from corral.agent.agent import Agent, fake_gpus
+from corral.agent.overlay import OverlayConfig, OverlayManager
 from corral.agent.runtime.docker import DockerClient
 from corral.agent.session import ServerError, ServerSession, Unreachable
 from corral.agent.state import Credential, StateDir
+from corral.agent.wireguard import WireGuard
 
 log = logging.getLogger("corral.agent")
 
@@ -44,8 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="host name to report (default: the system hostname)")
     p.add_argument("--test-fake-gpus", type=int, default=int(os.environ.get("CORRAL_TEST_FAKE_GPUS", "0")),
                    metavar="N", help="test beds only: report N GPUs named 'fake GPU (test bed)' instead of probing")
+    o = p.add_argument_group("overlay", "the WireGuard overlay between hosts, and service discovery")
+    o.add_argument("--overlay", choices=("on", "off"), default=os.environ.get("CORRAL_OVERLAY", "on"),
+                   help="join the overlay network (default on; needs root, ip, iptables, wg and the "
+                        "kernel's wireguard module or wireguard-go)")
+    o.add_argument("--overlay-endpoint", metavar="IP[:PORT]",
+                   help="address other hosts dial for this host's WireGuard (default: the address of the "
+                        "interface with the default route)")
+    o.add_argument("--overlay-port", type=int, default=51820, help="WireGuard's UDP port (default 51820)")
+    o.add_argument("--overlay-nat", choices=("auto", "yes", "no"), default="auto",
+                   help="is this host behind NAT (others cannot dial it)? auto: the server infers it from "
+                        "where peers see its packets come from")
+    o.add_argument("--overlay-interface", default="corral0", help="WireGuard interface name (default corral0)")
+    o.add_argument("--overlay-bridge", default="corral-br", help="the container bridge's name (default corral-br)")
+    o.add_argument("--overlay-dns-port", type=int, default=53, help=argparse.SUPPRESS)
+    o.add_argument("--overlay-probe-every", type=float, default=15.0,
+                   help="seconds between reachability probes of each peer (default 15)")
     p.add_argument("--log-level", default="info")
     return p
+
+
+def overlay_manager(args: argparse.Namespace, docker: DockerClient, state: StateDir,
+                    on_change: Callable[[], None]) -> OverlayManager | None:
+    if args.overlay == "off":
+        return None
+    config = OverlayConfig(interface=args.overlay_interface, bridge=args.overlay_bridge,
+                           listen_port=args.overlay_port, endpoint=args.overlay_endpoint,
+                           nat={"auto": None, "yes": True, "no": False}[args.overlay_nat],
+                           dns_port=args.overlay_dns_port, probe_every=args.overlay_probe_every)
+    return OverlayManager(docker, WireGuard(), config, state.path, on_change)
 
 
 def join(args: argparse.Namespace, state: StateDir, docker: DockerClient, labels: dict[str, str]) -> Credential:
@@ -85,6 +115,7 @@ def run(argv: list[str]) -> int:
     session = ServerSession(server, cred.ca_pem, cred.token)
     agent = Agent(session, docker, state, cred.host_id, labels, hostname=args.name or socket.gethostname(),
                   fake_gpus=args.test_fake_gpus)
+    agent.overlay = overlay_manager(args, docker, state, agent.report_soon)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log.info("agent for host %s talking to %s (engine %s)", cred.host_id, server, args.docker_host)

@@ -28,6 +28,7 @@ from corral.api.registries import pull_auth
 from corral.api.schemas import Heartbeat, LogChunk, Register
 from corral.model import InstanceStatus
 from corral.server.hostauth import HostIdentity
+from corral.server.overlay import ReportRefused, clean_report
 from corral.server.state import ServerState
 from corral.store.store import NotFoundError
 
@@ -51,21 +52,48 @@ def register(body: Register, state: ServerState = Depends(server_state)) -> dict
 def status(body: Heartbeat, host: HostIdentity = Depends(require_host),
            state: ServerState = Depends(server_state)) -> dict[str, Any]:
     statuses = [InstanceStatus.from_dict(s.model_dump()) for s in body.instances or []]
+    overlay, refused = _overlay_report(body.facts, body.facts_patch)
     with store_errors():
-        came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch)
+        came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch, **overlay)
     if came_back or (statuses and state.services.updating):
         state.services.kick()
-    return {"heartbeat_interval": state.heartbeat_interval, "revision": state.store.host_revision(host.id)}
+    reply: dict[str, Any] = {"heartbeat_interval": state.heartbeat_interval,
+                             "revision": state.store.host_revision(host.id)}
+    if refused:
+        reply["overlay_refused"] = refused
+    return reply
+
+
+def _overlay_report(facts: dict[str, Any] | None, patch: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """Take the overlay report out of the facts (it is stored apart), checked.
+
+    A report the server cannot use is replaced by one that says why (the host is then
+    left out of the mesh), and the reason goes back to the agent."""
+    source = patch if patch and "overlay" in patch else facts if facts is not None else None
+    if source is None:
+        return {}, ""
+    report = source.pop("overlay", None)
+    if report is None:
+        return {"overlay": None}, ""
+    try:
+        return {"overlay": clean_report(report)}, ""
+    except ReportRefused as exc:
+        reason = f"overlay report refused: {exc}"
+        return {"overlay": {"error": reason}}, reason
 
 
 @router.get("/channel", response_model=None)
 async def channel(request: Request, revision: int = Query(default=-1),
-                  wait: float = Query(default=25.0, ge=0, le=120), host: HostIdentity = Depends(require_host),
+                  wait: float = Query(default=25.0, ge=0, le=120), mesh: str | None = Query(default=None),
+                  dns: int | None = Query(default=None), host: HostIdentity = Depends(require_host),
                   state: ServerState = Depends(server_state)) -> dict[str, Any] | Response:
+    """``mesh`` (the digest of the overlay plan the agent holds) and ``dns`` (the generation
+    of its directory) are sent by agents that run the overlay; the poll also answers when
+    either is stale."""
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         with state.monitor.holding(host.id):  # alive while the poll is open (TCP keepalive watches it)
-            return await _poll(state, host, revision, wait, gone)
+            return await _poll(state, host, revision, wait, gone, mesh, dns)
     finally:
         gone.cancel()
 
@@ -77,7 +105,8 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: float,
-                gone: asyncio.Future[None]) -> dict[str, Any] | Response:
+                gone: asyncio.Future[None], mesh: str | None = None,
+                dns: int | None = None) -> dict[str, Any] | Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     extra = {"heartbeat_interval": state.heartbeat_interval, "poll_wait": state.poll_wait}
@@ -91,9 +120,10 @@ async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: flo
                 state.host_auth.forget(host.id)
                 raise HTTPException(401, "invalid or revoked host credential") from None
             state.notifier.remember(host.id, current, seen)
-        if current != revision or state.logs.has_pending(host.id):
+        news = state.overlay.news_for(host.id, mesh, dns)
+        if current != revision or state.logs.has_pending(host.id) or news:
             body: dict[str, Any] = {"revision": current, "log_requests": state.logs.take_pending(host.id),
-                                    **extra}
+                                    **extra, **news}
             if current != revision:
                 body["desired"] = await run_in_threadpool(_desired_with_auth, state, host.id)
             return body

@@ -34,6 +34,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
                  asyncio.create_task(_refresh_revisions(state)),
                  asyncio.create_task(_every(60.0, state.store.prune_events, EVENTS_KEPT)),
                  asyncio.create_task(_every(600.0, gcpause.full_collection)),
+                 asyncio.create_task(state.overlay.run()),
                  asyncio.create_task(_reconcile_loop(state, kicked, reconcile_every))]
         try:
             yield

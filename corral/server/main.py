@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral import __version__, tokens
+from corral.net.ipam import (DEFAULT_CLUSTER_CIDR, DEFAULT_HOST_PREFIX, ClusterNet, IpamError, check_change,
+                             parse_cluster)
 from corral.server import gcpause
 
 if TYPE_CHECKING:
+    from corral.store.store import Store
     from corral.controllers.services import ImageResolver
     from corral.server.pki import ServerPKI
     from corral.server.state import ServerState
@@ -57,8 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry reached over plain HTTP (loopback registries always are)")
     p.add_argument("--agent-image", default=os.environ.get("CORRAL_AGENT_IMAGE", f"127.0.0.1:5000/corral/agent:{__version__}"),
                    help="multi-arch image of the agent, shown by `corral token join`")
+    p.add_argument("--cluster-cidr", default=None, metavar="CIDR",
+                   help="the overlay's network, set at the first start (default 10.42.0.0/16); "
+                        "it can grow later, but never away from subnets hosts hold")
+    p.add_argument("--host-subnet-prefix", type=int, default=None, metavar="N",
+                   help="prefix length of each host's subnet of the cluster CIDR (default 24)")
     p.add_argument("--log-level", default="info")
     return p
+
+
+CLUSTER_CIDR_SETTING = "overlay.cluster_cidr"
+HOST_PREFIX_SETTING = "overlay.host_prefix"
+
+
+def cluster_network(store: Store, cidr: str | None, host_prefix: int | None) -> ClusterNet:
+    """The overlay's cluster network: the stored one, or the one given at the first start.
+
+    A different one given later is taken only if every subnet hosts hold fits it
+    (:func:`corral.net.ipam.check_change`); otherwise :class:`IpamError` says why.
+    """
+    stored_cidr, stored_prefix = store.get_setting(CLUSTER_CIDR_SETTING), store.get_setting(HOST_PREFIX_SETTING)
+    stored = parse_cluster(stored_cidr, int(stored_prefix or DEFAULT_HOST_PREFIX)) if stored_cidr else None
+    wanted = parse_cluster(cidr or (stored_cidr or DEFAULT_CLUSTER_CIDR),
+                           host_prefix or (stored.host_prefix if stored else DEFAULT_HOST_PREFIX))
+    if stored is not None and wanted != stored:
+        check_change(stored, wanted, [h.subnet for h in store.overlay_hosts() if h.subnet])
+    if wanted != stored:
+        store.set_setting(CLUSTER_CIDR_SETTING, str(wanted.network))
+        store.set_setting(HOST_PREFIX_SETTING, str(wanted.host_prefix))
+    return wanted
 
 
 def bootstrap(args: argparse.Namespace, images: ImageResolver | None = None) -> tuple[ServerState, ServerPKI]:
@@ -78,6 +108,10 @@ def bootstrap(args: argparse.Namespace, images: ImageResolver | None = None) -> 
     pki = ensure_pki(data, args.san + ([host] if host not in ("0.0.0.0", "::") else []))
     fp = tokens.fingerprint(pki.ca_pem)
     store = Store(open_engine(args.db or sqlite_url(data)))
+    try:
+        store.cluster = cluster_network(store, args.cluster_cidr, args.host_subnet_prefix)
+    except IpamError as exc:
+        raise SystemExit(f"corral server: overlay network: {exc}") from None
     if store.get_setting(JOIN_SETTING) is None:
         admin = tokens.Token(tokens.ADMIN, fp, tokens.new_secret())
         store.add_token(tokens.ADMIN, tokens.hash_secret(admin.secret))

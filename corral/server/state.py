@@ -9,6 +9,7 @@ from corral.controllers.services import ImageResolver, ServiceController
 from corral.server.channels import LogBroker, Notifier
 from corral.api.cache import ListingCache
 from corral.server.hostauth import HostAuthCache
+from corral.server.overlay import Overlay
 from corral.store.store import Store
 
 
@@ -28,6 +29,7 @@ class ServerState:
     agent_image: str
     host_auth: HostAuthCache
     listings: ListingCache
+    overlay: Overlay
 
     @classmethod
     def build(cls, store: Store, images: ImageResolver, *, ca_pem: str, ca_fingerprint: str,
@@ -50,4 +52,5 @@ class ServerState:
             agent_image=agent_image,
             host_auth=HostAuthCache(),
             listings=ListingCache(),
+            overlay=Overlay(store, notifier.notify),
         )

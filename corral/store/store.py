@@ -18,6 +18,7 @@ otherwise :class:`StaleRevision` tells it to read again and replan.
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 import threading
 from collections import defaultdict
@@ -31,8 +32,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.model import DesiredSet, InstanceSpec, InstanceStatus
+from corral.model import LABEL_ADDRESS, DesiredSet, InstanceSpec, InstanceStatus
+from corral.net.addresses import SubnetFull, pick_address
+from corral.net.ipam import ClusterNet, IpamError, allocate
 from corral.store.tables import ClusterStateRow, EventRow, HostRow, InstanceRow, RegistryCredentialRow, ServiceRow, SettingRow, TokenRow
+
+
+log = logging.getLogger("corral.store")
 
 
 def new_id() -> str:
@@ -86,6 +92,23 @@ class HostBrief:
 
 
 @dataclass(frozen=True)
+class OverlayHost:
+    id: str
+    name: str
+    state: str
+    subnet: str | None
+    labels: dict[str, str]
+    overlay: dict[str, Any] | None
+
+
+class _Unset:
+    pass
+
+
+UNSET = _Unset()
+
+
+@dataclass(frozen=True)
 class NewInstance:
     host_id: str
     slot: int
@@ -118,6 +141,11 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.generation = 0  # counts this process's writes that listings would show
+        self.overlay_generation = 0  # counts this process's writes that the overlay's mesh plan reads
+        self.cluster: ClusterNet | None = None  # the overlay's cluster network; hosts get subnets of it
+
+    def _overlay_changed(self) -> None:
+        self.overlay_generation += 1
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -173,11 +201,19 @@ class Store:
         now = self.clock()
         row = HostRow(id=new_id(), name=name, state="ready", availability="active", platform=str(facts.get("platform", "")),
                       engine_platform=str(facts.get("engine_platform", "")), labels=dict(labels),
-                      facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now)
+                      facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now,
+                      next_address=0)
         with self._write() as s:
+            if self.cluster is not None:
+                taken = s.scalars(select(HostRow.subnet).where(HostRow.subnet.is_not(None)))
+                try:
+                    row.subnet = allocate(self.cluster, [t for t in taken if t])
+                except IpamError as exc:
+                    raise ConflictError(f"host {name} cannot join: {exc}") from None
             s.add(row)
             self._changed(s)
-            self._event(s, "host", "joined", name, id=row.id, platform=row.platform)
+            self._event(s, "host", "joined", name, id=row.id, platform=row.platform, subnet=row.subnet)
+        self._overlay_changed()
         return row
 
     def cluster_revision(self) -> int:
@@ -243,6 +279,7 @@ class Store:
                 labels[key] = value
             row.labels = labels
             self._changed(s)
+            self._overlay_changed()
             self._event(s, "host", "label", row.name, id=row.id, key=key, value=value)
             return row
 
@@ -266,14 +303,17 @@ class Store:
             s.execute(delete(InstanceRow).where(InstanceRow.host_id == host_id))
             s.execute(delete(HostRow).where(HostRow.id == host_id))
             self._changed(s)
+        self._overlay_changed()
 
     @retried
     def heartbeat(self, host_id: str, facts: dict[str, Any] | None,
-                  statuses: Sequence[InstanceStatus], facts_patch: dict[str, Any] | None = None) -> bool:
+                  statuses: Sequence[InstanceStatus], facts_patch: dict[str, Any] | None = None,
+                  overlay: dict[str, Any] | None | _Unset = UNSET) -> bool:
         """Record a status report; return True when the host was down and is back.
 
         ``facts`` replaces the host's facts; ``facts_patch`` changes only the keys it
-        names (a None value removes the key).
+        names (a None value removes the key).  ``overlay`` (when given) replaces the
+        host's overlay report; a higher repair count in it is recorded as an event.
         """
         now = self.clock()
         with self._write() as s:
@@ -286,6 +326,7 @@ class Store:
             came_back = row.state != "ready"
             if came_back:
                 self._event(s, "host", "up", row.name, id=row.id)
+                self._overlay_changed()
             row.state = "ready"
             row.last_seen = now
             if came_back or (facts is not None and any(facts.get(k) != row.facts.get(k)
@@ -295,6 +336,8 @@ class Store:
                 row.facts = facts
                 row.platform = str(facts.get("platform", row.platform))
                 row.engine_platform = str(facts.get("engine_platform", row.engine_platform))
+            if not isinstance(overlay, _Unset) and overlay != row.overlay:
+                self._overlay_report(s, row, overlay)
             if statuses:
                 by_id = {st.instance_id: st for st in statuses}
                 rows = s.scalars(select(InstanceRow).where(InstanceRow.host_id == host_id,
@@ -315,6 +358,18 @@ class Store:
                     inst.since = st.since
             return came_back
 
+    def _overlay_report(self, s: Session, row: HostRow, overlay: dict[str, Any] | None) -> None:
+        old = row.overlay or {}
+        new = overlay or {}
+        if int(new.get("repairs") or 0) > int(old.get("repairs") or 0) and new.get("last_repair"):
+            repair = dict(new["last_repair"])
+            self._event(s, "host", "overlay_repaired", row.name, id=row.id, what=repair.get("what"),
+                        reason=repair.get("reason"))
+        if bool(new.get("error")) and new.get("error") != old.get("error"):
+            self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=new.get("error"))
+        row.overlay = overlay
+        self._overlay_changed()
+
     @retried
     def mark_down(self, last_seen_before: float, spare: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Mark down the ready hosts not seen since ``last_seen_before`` (but those in ``spare``)."""
@@ -327,6 +382,7 @@ class Store:
                 self._changed(s)
                 for r in rows:
                     self._event(s, "host", "down", r.name, id=r.id)
+                self._overlay_changed()
             return ids
 
     @retried
@@ -356,6 +412,7 @@ class Store:
                 s.execute(update(HostRow).where(HostRow.id.in_(back)).values(state="ready"))
         if back:
             self.generation += 1
+            self._overlay_changed()
         return back
 
     def host_revision(self, host_id: str) -> int:
@@ -638,13 +695,18 @@ class Store:
                     hosts.add(host_id)
                     self._event(s, "instance", "removed", svc.name, id=inst_id, slot=slot, host_id=host_id)
                 s.execute(delete(InstanceRow).where(InstanceRow.id.in_(remove)))
+            addresses = self._addresses(s, add)
             for new in add:
                 hosts.add(new.host_id)
+                spec = new.spec.to_dict()
+                address = addresses.get(new.spec.id, "")
+                if address:
+                    spec["labels"] = {**spec["labels"], LABEL_ADDRESS: address}
                 s.add(InstanceRow(id=new.spec.id, service_id=service_id, host_id=new.host_id,
-                                  slot=new.slot, spec=new.spec.to_dict(), platform=new.platform,
+                                  slot=new.slot, spec=spec, platform=new.platform,
                                   emulated=new.emulated, state="pending", exit_code=None, error="",
                                   container_id="", restarts=0, since=now, created_at=now,
-                                  spec_version=new.spec_version, health=""))
+                                  spec_version=new.spec_version, health="", address=address))
                 self._event(s, "instance", "placed", svc.name, id=new.spec.id, slot=new.slot, host_id=new.host_id,
                             version=new.spec_version)
             if svc.pending_reason != pending_reason:
@@ -658,6 +720,57 @@ class Store:
                                 message=update_state.get("message") or None)
             self._bump(s, sorted(hosts))
             return sorted(hosts)
+
+    @staticmethod
+    def _addresses(s: Session, add: list[NewInstance]) -> dict[str, str]:
+        """Overlay addresses for new instances on hosts that run the overlay (round-robin per host)."""
+        host_ids = sorted({new.host_id for new in add})
+        if not host_ids:
+            return {}
+        hosts = {h.id: h for h in s.scalars(select(HostRow).where(HostRow.id.in_(host_ids),
+                                                                    HostRow.subnet.is_not(None)))
+                 if h.overlay and h.overlay.get("public_key")}
+        if not hosts:
+            return {}
+        used: dict[str, set[str]] = defaultdict(set)
+        for host_id, address in s.execute(select(InstanceRow.host_id, InstanceRow.address).where(
+                InstanceRow.host_id.in_(hosts), InstanceRow.address != "")):
+            used[host_id].add(address)
+        out: dict[str, str] = {}
+        for new in add:
+            host = hosts.get(new.host_id)
+            if host is None or host.subnet is None:
+                continue
+            try:
+                address, host.next_address = pick_address(host.subnet, used[host.id], host.next_address)
+            except SubnetFull as exc:
+                log.warning("instance %s runs without an overlay address: %s", new.spec.id, exc)
+                continue
+            used[host.id].add(address)
+            out[new.spec.id] = address
+        return out
+
+    # -- overlay ----------------------------------------------------------------------
+
+    def overlay_hosts(self) -> list[OverlayHost]:
+        """What the mesh plan reads of every host."""
+        with self._read() as s:
+            return [OverlayHost(r.id, r.name, r.state, r.subnet, dict(r.labels or {}), r.overlay)
+                    for r in s.execute(select(HostRow.id, HostRow.name, HostRow.state, HostRow.subnet,
+                                              HostRow.labels, HostRow.overlay).order_by(HostRow.name, HostRow.id))]
+
+    def dns_entries(self) -> list[tuple[str, str | None, list[str]]]:
+        """(service, stack, addresses) of every service with running, ready instances on the overlay."""
+        with self._read() as s:
+            rows = s.execute(select(ServiceRow.name, ServiceRow.stack, InstanceRow.address)
+                             .join(InstanceRow, InstanceRow.service_id == ServiceRow.id)
+                             .where(InstanceRow.address != "", InstanceRow.state == "running",
+                                    InstanceRow.health.in_(("", "healthy")))
+                             .order_by(ServiceRow.name, InstanceRow.address))
+            out: dict[str, tuple[str | None, list[str]]] = {}
+            for name, stack, address in rows:
+                out.setdefault(name, (stack, []))[1].append(address)
+            return [(name, stack, addresses) for name, (stack, addresses) in out.items()]
 
     @retried
     def bump_revisions(self, host_ids: Sequence[str]) -> None:

@@ -32,6 +32,9 @@ class HostRow(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
+    subnet: Mapped[str | None] = mapped_column(String(43), nullable=True, unique=True, index=True)  # its slice of the cluster CIDR
+    next_address: Mapped[int] = mapped_column(Integer, default=0)  # where the next instance address is sought
+    overlay: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the agent's overlay report
 
 
 class ServiceRow(Base):
@@ -73,6 +76,7 @@ class InstanceRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     spec_version: Mapped[int] = mapped_column(Integer, default=1)
     health: Mapped[str] = mapped_column(String(16), default="")  # "", starting, healthy, unhealthy
+    address: Mapped[str] = mapped_column(String(45), default="")  # on its host's overlay subnet; "" without one
 
 
 class EventRow(Base):

@@ -9,6 +9,7 @@ server through that namespace's loopback forwarder.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,10 @@ from corral.agent.runtime.docker import ContainerInfo, DockerClient
 from corral.model import LABEL_MANAGED, LABEL_SERVICE
 from testbed.cluster import AgentProc, ServerProc, wait_for
 from testbed.netns import NetnsHost
+
+# Agents these tests start directly stay off the overlay unless a test says otherwise (two
+# wireguard-go interfaces of one name on one machine would share a socket path).
+os.environ.setdefault("CORRAL_OVERLAY", "off")
 
 # Short intervals so host-down detection takes seconds, not half a minute.
 SERVER_ARGS = ["--heartbeat-interval", "1", "--down-after", "4"]

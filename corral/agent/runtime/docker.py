@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from corral.model import HealthcheckSpec, PortSpec, VolumeSpec
+from corral.model import LABEL_ADDRESS, HealthcheckSpec, PortSpec, VolumeSpec
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -378,6 +378,14 @@ def _version_tuple(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+@dataclass(frozen=True)
+class ContainerNetwork:
+    """The network containers with an overlay address join, and the DNS server they use."""
+
+    name: str
+    dns: str
+
+
 class DockerClient:
     """A thread-safe Docker Engine API client (a fresh connection per call)."""
 
@@ -403,6 +411,9 @@ class DockerClient:
             raise ValueError(f"unsupported Docker host {self.base_url!r}: use unix:// or tcp://")
         self._api_version = api_version
         self._version_lock = threading.Lock()
+        # containers created with an overlay address label join this network (set by the
+        # agent's overlay once the network exists)
+        self.overlay: ContainerNetwork | None = None
 
     def __repr__(self) -> str:
         return f"DockerClient({self.base_url!r}, api_version={self._api_version!r})"
@@ -657,8 +668,22 @@ class DockerClient:
                      "Healthcheck": None if healthcheck is None else _healthcheck_config(healthcheck),
                      "StopTimeout": None if stop_grace_period is None else math.ceil(stop_grace_period)}
         body.update((k, v) for k, v in optional.items() if v is not None)
+        address = (labels or {}).get(LABEL_ADDRESS)
+        if address:
+            self._attach_overlay(body, address)
         data = self._json("POST", "/containers/create", {"name": name}, body)
         return str(data["Id"])
+
+    def _attach_overlay(self, body: dict[str, Any], address: str) -> None:
+        """Put the container on the overlay network at its address, with the host's DNS."""
+        net = self.overlay
+        if net is None:
+            raise DockerError(503, f"the overlay network is not ready on this host yet (address {address})")
+        body["HostConfig"]["NetworkMode"] = net.name
+        body["HostConfig"]["Dns"] = [net.dns]
+        # bare service names are tried under the overlay's zone first (not the host's search domains)
+        body["HostConfig"]["DnsSearch"] = ["corral.internal"]
+        body["NetworkingConfig"] = {"EndpointsConfig": {net.name: {"IPAMConfig": {"IPv4Address": address}}}}
 
     def start(self, cid: str) -> None:
         """Start a container; already running (304) is fine."""
@@ -727,6 +752,27 @@ class DockerClient:
     def remove_volume(self, name: str, force: bool = False) -> None:
         """Remove a volume; a missing one (404) is fine, one in use is a :class:`Conflict`."""
         self._call("DELETE", f"/volumes/{quote(name)}", {"force": "1" if force else "0"}, ok=(404,))
+
+    # -- networks ------------------------------------------------------------------
+
+    def inspect_network(self, name: str) -> dict[str, Any] | None:
+        """``GET /networks/{name}``, or None when there is no such network."""
+        status, data = self._call("GET", f"/networks/{quote(name)}", ok=(404,))
+        return None if status == 404 else dict(json.loads(data))
+
+    def create_bridge_network(self, name: str, subnet: str, gateway: str, bridge: str,
+                              labels: dict[str, str] | None = None, mtu: int | None = None) -> str:
+        """A bridge network with this subnet, gateway and Linux bridge name; its id."""
+        options = {"com.docker.network.bridge.name": bridge}
+        if mtu:
+            options["com.docker.network.driver.mtu"] = str(mtu)
+        body = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": dict(labels or {}),
+                "Options": options, "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet, "Gateway": gateway}]}}
+        return str(self._json("POST", "/networks/create", None, body)["Id"])
+
+    def remove_network(self, name: str) -> None:
+        """Remove a network; a missing one (404) is fine."""
+        self._call("DELETE", f"/networks/{quote(name)}", ok=(404,))
 
     # -- streams -------------------------------------------------------------------
 
