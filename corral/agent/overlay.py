@@ -104,6 +104,7 @@ class OverlayManager:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._applied = False
+        self._applied_digest: Any = None
         self._converged_at = 0.0
         self._probed_at = 0.0
         self._detail_at = 0.0
@@ -230,7 +231,8 @@ class OverlayManager:
             status = self.wg.status(self.config.interface)
             if not status.healthy:
                 broken = status.error or f"{self.config.interface} is not working"
-        if broken or self._wake.is_set() or not self._applied or now - self._converged_at >= CONVERGE_EVERY:
+        stale = plan.get("digest") != self._applied_digest
+        if broken or stale or not self._applied or now - self._converged_at >= CONVERGE_EVERY:
             self._converge(plan)
             if broken:
                 self._repaired("interface", f"{broken}; rebuilt {self.config.interface} and applied the plan again")
@@ -255,6 +257,7 @@ class OverlayManager:
         self.wg.exempt_from_masquerade(subnet, cluster)
         self._ensure_dns(gateway)
         self._applied = True
+        self._applied_digest = plan.get("digest")
         self._converged_at = self.clock()
 
     def _ensure_network(self, subnet: str, gateway: str) -> None:

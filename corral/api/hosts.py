@@ -30,7 +30,7 @@ def list_hosts(state: ServerState = Depends(server_state)) -> list[dict[str, Any
 def get_host(ref: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
     with store_errors():
         host = state.store.get_host(ref)
-    return host_json(host, _counts(state)[host.id])
+    return {**host_json(host, _counts(state)[host.id]), "mesh": state.overlay.notes.get(host.id)}
 
 
 @router.get("/{ref}/desired")

@@ -31,6 +31,8 @@ def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:
         "last_seen": iso(row.last_seen),
         "revision": row.revision,
         "instances": instances,
+        "subnet": row.subnet,
+        "overlay": row.overlay,
     }
 
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from corral import __version__
-from corral.api import agent, events, hosts, images, registries, services, stacks, system, tokens
+from corral.api import agent, events, hosts, images, network, registries, services, stacks, system, tokens
 from corral.server import gcpause
 from corral.server.state import ServerState
 
@@ -44,7 +44,7 @@ def create_app(state: ServerState, reconcile_every: float = 5.0) -> FastAPI:
 
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
     app.state.corral = state
-    for module in (system, hosts, services, stacks, events, images, registries, tokens, agent):
+    for module in (system, hosts, services, stacks, events, images, registries, tokens, network, agent):
         app.include_router(module.router)
     return app
 

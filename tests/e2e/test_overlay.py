@@ -1,0 +1,247 @@
+"""The overlay end to end: three hosts on an underlay, one of them behind NAT.
+
+Each host is a network namespace with its own dockerd and a real agent with the overlay
+on (wireguard-go, since this kernel has no wireguard module); the namespaces sit on a
+shared underlay switch (testbed.underlay), ``ov3`` behind a NAT router that masquerades
+its LAN.  Containers reach services on other hosts by DNS name through the overlay, in
+both directions and across the NAT; a killed wireguard-go is brought back by its agent
+(an event says so); a removed host disappears from every other host's peers and routes.
+Traffic goes only to addresses inside these namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.agent.runtime.docker import DockerClient
+from tests.e2e.conftest import SERVER_ARGS
+from testbed.armroot import PYTHON
+from testbed.cluster import AgentProc, ServerProc, wait_for
+from testbed.netns import NetnsHost
+from testbed.stack_images import StackImages, build_stack_images
+from testbed.underlay import Underlay, nsenter
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, dockerd, wireguard-go)")
+
+HOSTS = [("ov1", None), ("ov2", None), ("ov3", "ovnat")]
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())"
+
+
+@dataclass
+class Bed:
+    server: ServerProc
+    underlay: Underlay
+    hosts: dict[str, NetnsHost] = field(default_factory=dict)
+    agents: dict[str, AgentProc] = field(default_factory=dict)
+    images: StackImages | None = None
+
+    def api(self) -> httpx.Client:
+        return self.server.client()
+
+    def get(self, path: str) -> Any:
+        with self.api() as c:
+            r = c.get(path)
+            r.raise_for_status()
+            return r.json()
+
+    def docker(self, name: str) -> DockerClient:
+        return DockerClient(self.hosts[name].docker_host)
+
+    def wg(self, name: str, *args: str) -> str:
+        res = subprocess.run(nsenter(self.hosts[name].netns_path) + ["wg", "show", f"wg{name}", *args],
+                             capture_output=True, text=True, timeout=10)
+        return res.stdout if res.returncode == 0 else ""
+
+    def routes(self, name: str) -> str:
+        return subprocess.run(nsenter(self.hosts[name].netns_path) + ["ip", "route", "show", "dev", f"wg{name}"],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def container_of(self, host: str, service: str) -> str:
+        for c in self.docker(host).list_containers(labels={"io.corral.service": service}):
+            if c.state == "running":
+                return c.id
+        raise AssertionError(f"no running {service} container on {host}")
+
+    def fetch(self, host: str, service: str, url: str, timeout: int = 3) -> str:
+        """GET ``url`` from inside ``service``'s container on ``host`` (its Debian python3.11 and
+        glibc's resolver: what real applications use; busybox's static wget cannot resolve)."""
+        cid = self.container_of(host, service)
+        res = subprocess.run(["docker", "-H", self.hosts[host].docker_host, "exec", cid, PYTHON, "-c", FETCH,
+                              url, str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
+        return res.stdout if res.returncode == 0 else f"ERROR {res.returncode}: {res.stderr.strip()}"
+
+    def diagnose(self, host: str, service: str, target: str) -> str:
+        """What a failed fetch needs explained: the container's resolver and routes, DNS, the tunnel."""
+        cid = self.container_of(host, service)
+        out = [self.fetch(host, service, f"http://{target}:8000/")]
+        for argv in (["cat", "/etc/resolv.conf"], ["nslookup", target], ["ip", "route"], ["ip", "addr"]):
+            res = subprocess.run(["docker", "-H", self.hosts[host].docker_host, "exec", cid, *argv],
+                                 capture_output=True, text=True, timeout=15)
+            out.append(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        out.append(self.wg(host))
+        out.append(json.dumps(self.get("/api/v1/services/" + target), indent=1)[:1500])
+        return "\n".join(out)
+
+    def network(self) -> dict[str, Any]:
+        return dict(self.get("/api/v1/network"))
+
+    def row(self, name: str) -> dict[str, Any]:
+        return next(h for h in self.network()["hosts"] if h["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory, netns_host_factory: Any, registry: str) -> Iterator[Bed]:
+    tmp = tmp_path_factory.mktemp("overlay")
+    server = ServerProc(tmp / "server", extra_args=SERVER_ARGS).start()
+    underlay = Underlay("ov").create()
+    b = Bed(server, underlay)
+    try:
+        b.images = build_stack_images(registry)
+        join = server.join_token()
+        registry_port = int(registry.rsplit(":", 1)[1])
+        for name, behind in HOSTS:
+            host = netns_host_factory(name, [server.port, registry_port])
+            placed = underlay.attach(host.netns_path, name, behind=behind)
+            b.hosts[name] = host
+            b.agents[name] = AgentProc(
+                server.url, join, tmp / f"agent-{name}", docker_host=host.docker_host, name=name, netns=host,
+                overlay=True, extra_args=["--overlay-endpoint", f"{placed.address}:51820",
+                                          "--overlay-interface", f"wg{name}", "--overlay-probe-every", "2"]).start()
+        for agent in b.agents.values():
+            agent.host_id()
+        yield b
+    finally:
+        for name, agent in b.agents.items():
+            agent.stop()
+            try:
+                for c in b.docker(name).list_containers(labels={"io.corral.managed": "1"}):
+                    b.docker(name).remove(c.id, force=True)
+            except Exception:
+                pass
+        server.stop()
+        for name in b.hosts:
+            subprocess.run(nsenter(b.hosts[name].netns_path) + ["ip", "link", "delete", f"wg{name}"],
+                           capture_output=True, timeout=10)
+        underlay.teardown()
+
+
+def _all_up(bed: Bed) -> dict[str, Any]:
+    net = bed.network()
+    for h in net["hosts"]:
+        others = {o["name"] for o in net["hosts"] if o["name"] != h["name"] and o["state"] == "ready"}
+        if not h["overlay"] or h["error"] or set(h["peers"]) != others:
+            return {}
+        if any(p["state"] not in ("up", "relayed") for p in h["peers"].values()):
+            return {}
+    return net
+
+
+def test_hosts_get_subnets_and_the_mesh_comes_up_across_the_nat(bed: Bed) -> None:
+    try:
+        net = wait_for(lambda: _all_up(bed), 60, "every host's peers up", interval=0.5)
+    except TimeoutError:
+        raise AssertionError(json.dumps(bed.network(), indent=1)) from None
+    assert net["cluster_cidr"] == "10.42.0.0/16"
+    subnets = [h["subnet"] for h in net["hosts"]]
+    assert len(set(subnets)) == 3 and all(s.startswith("10.42.") and s.endswith("/24") for s in subnets)
+    # peers saw ov3's packets come from its NAT router, not from the address it advertises
+    wait_for(lambda: bed.row("ov3")["behind_nat"], 20, "the server to infer that ov3 is behind NAT", interval=0.5)
+    rows = {h["name"]: h for h in bed.network()["hosts"]}
+    assert rows["ov1"]["behind_nat"] is False and rows["ov2"]["behind_nat"] is False
+    # the public hosts dial ov3 where its NAT router maps it, not at its private address
+    ov3_seen = rows["ov1"]["peers"]["ov3"]["endpoint"]
+    assert ov3_seen and ov3_seen.split(":")[0] == bed.underlay.routers["ovnat"].address
+    # ov3 keeps its NAT mapping open: persistent keepalive on its peers
+    def keepalives() -> bool:
+        lines = bed.wg("ov3", "persistent-keepalive").strip().splitlines()
+        return len(lines) == 2 and all(line.split()[1] == "25" for line in lines)
+
+    wait_for(keepalives, 15, "persistent keepalive on ov3's peers", interval=0.5)
+    # a restarted agent keeps its subnet
+    before = rows["ov2"]["subnet"]
+    bed.agents["ov2"].stop()
+    bed.agents["ov2"].start()
+    time.sleep(2)
+    assert bed.row("ov2")["subnet"] == before
+
+
+def test_containers_reach_services_by_name_both_ways_across_the_nat(bed: Bed) -> None:
+    assert bed.images is not None
+    web = bed.images.web1.ref
+    with bed.api() as c:
+        for name, host in (("edgeweb", "ov3"), ("cloudweb", "ov1")):
+            r = c.post("/api/v1/services", json={"name": name, "image": web, "replicas": 1,
+                                                  "constraints": [f"node.hostname=={host}"]})
+            assert r.status_code == 201, r.text
+        r = c.post("/api/v1/services", json={"name": "client", "image": bed.images.kv.ref, "mode": "global"})
+        assert r.status_code == 201, r.text
+
+    def running(name: str, n: int) -> bool:
+        svc = bed.get(f"/api/v1/services/{name}")
+        return bool(svc["running"] == n)
+
+    wait_for(lambda: running("edgeweb", 1) and running("cloudweb", 1) and running("client", 3), 120,
+             "services running", interval=0.5)
+    # the cloud host's container fetches from the edge host (behind NAT), by name
+    try:
+        out = wait_for(lambda: (o := bed.fetch("ov1", "client", "http://edgeweb:8000/")).startswith("web") and o,
+                       30, "ov1 -> edgeweb on ov3", interval=0.5)
+    except TimeoutError:
+        raise AssertionError(bed.diagnose("ov1", "client", "edgeweb")) from None
+    assert "web v1" in out
+    # and the edge host's container fetches from the cloud host, by the qualified name too
+    out = wait_for(lambda: (o := bed.fetch("ov3", "client", "http://cloudweb.corral.internal:8000/"))
+                   .startswith("web") and o, 30, "ov3 -> cloudweb on ov1", interval=0.5)
+    assert "web v1" in out
+    # the other public host too
+    assert "web v1" in bed.fetch("ov2", "client", "http://edgeweb:8000/")
+    # the answer came from the instance's overlay address, not through a published port
+    edge = bed.get("/api/v1/services/edgeweb")["instances"][0]
+    addr = bed.docker("ov3").inspect_container(bed.container_of("ov3", "edgeweb"))
+    ip = addr["NetworkSettings"]["Networks"]["corral"]["IPAddress"]
+    assert ip.startswith(bed.row("ov3")["subnet"].rsplit(".", 1)[0] + ".")
+    assert edge["state"] == "running"
+
+
+def test_killed_wireguard_go_is_restored_and_the_repair_is_an_event(bed: Bed) -> None:
+    wait_for(lambda: _all_up(bed), 60, "every host's peers up", interval=0.5)
+    pids = subprocess.run(["pgrep", "-f", "^wireguard-go wgov2$"], capture_output=True, text=True).stdout.split()
+    assert pids, "wireguard-go for wgov2 is not running"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: bed.row("ov2")["repairs"] >= 1, 30, "ov2's agent to repair its interface", interval=0.5)
+    wait_for(lambda: bed.wg("ov2", "peers").strip().count("\n") == 1, 20, "peers applied again", interval=0.5)
+    out = wait_for(lambda: (o := bed.fetch("ov2", "client", "http://edgeweb:8000/")).startswith("web") and o,
+                   40, "traffic from ov2 resumes", interval=0.5)
+    assert "web v1" in out
+    with bed.api() as c:
+        events = c.get("/api/v1/events", params={"type": "host"}).text
+    assert "overlay_repaired" in events and "ov2" in events
+
+
+def test_a_removed_host_leaves_every_peer_list_and_route_table(bed: Bed) -> None:
+    wait_for(lambda: _all_up(bed), 60, "every host's peers up", interval=0.5)
+    gone = bed.row("ov2")
+    with bed.api() as c:
+        c.delete("/api/v1/services/client")
+    bed.agents["ov2"].stop()
+    with bed.api() as c:
+        assert c.delete("/api/v1/hosts/ov2").status_code == 204
+
+    def cleaned() -> bool:
+        return all(gone["subnet"] not in bed.wg(n, "allowed-ips") and gone["subnet"] not in bed.routes(n)
+                   for n in ("ov1", "ov3"))
+
+    wait_for(cleaned, 30, "ov2's subnet gone from ov1's and ov3's peers and routes", interval=0.5)
+    assert all(bed.wg(n, "peers").strip().count("\n") == 0 for n in ("ov1", "ov3"))  # one peer left each
+    del bed.agents["ov2"]
