@@ -1,0 +1,104 @@
+"""bench/overlay.py --quick runs on the real test bed and reports a sane measurement.
+
+The bench reports the overlay baseline (iperf3 and ping on the underlay and across bare
+wireguard-go, on a public pair and through a NAT). This test only checks that its numbers
+are there and hang together, and that it leaves no namespace or wireguard-go behind. It
+asserts no performance goal. A second test runs ``measure_path`` through ``docker exec``
+in one ``corral/nettool:1`` container (amd64 and arm64 under qemu, ``--network none``,
+target 127.0.0.1), the way a later "corral overlay" row will measure containers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed.images import BuiltImage
+from testbed.underlay import NETNS_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, wireguard-go)")]
+
+
+def _wireguard_go_of_bench() -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.path.basename(argv[0]) == b"wireguard-go" and any(
+                    a.startswith(b"obwg-") for a in argv[1:]):
+                out.append(entry.name)
+    return out
+
+
+def test_overlay_bench_quick_reports_sane_json() -> None:
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "overlay.py"), "--quick", "--json"],
+                       capture_output=True, text=True, timeout=150, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    start = p.stdout.find("\n{\n")
+    assert start >= 0, p.stdout[-2000:]
+    res = json.loads(p.stdout[start:])
+
+    meta = res["meta"]
+    assert meta["quick"] is True and meta["seconds"] == 2 and meta["pings"] == 10
+    assert meta["rounds"] == 1 and meta["wireguard_backend"] in ("userspace", "kernel")
+    assert set(res["paths"]) == {"public", "nat"}
+    for pair, rows in res["paths"].items():
+        assert set(rows) == {"underlay", "wireguard-go"}, pair
+        for key, row in rows.items():
+            assert math.isfinite(row["throughput_mbps"]) and row["throughput_mbps"] > 0, (pair, key)
+            assert row["pings_received"] > 0 and row["rtt_p50_ms"] > 0, (pair, key)
+            assert row["rtt_p50_ms"] <= row["rtt_p99_ms"] <= row["rtt_max_ms"], (pair, key)
+            assert len(row["rounds"]) == 1 and row["rounds"][0]["ping_flavor"] == "iputils"
+        assert rows["wireguard-go"]["target"].startswith("10.239.0."), pair
+        ratio = res["ratios"][pair]["wireguard-go"]
+        assert ratio["throughput_mbps"] == pytest.approx(
+            rows["wireguard-go"]["throughput_mbps"] / rows["underlay"]["throughput_mbps"])
+    assert "wireguard-go/underlay: throughput" in p.stdout
+
+    # nothing left behind: namespaces of underlay "ob", wireguard-go daemons, UAPI sockets
+    assert not [e.name for e in NETNS_DIR.iterdir()
+                if e.name == "crl-ul-ob" or e.name.startswith("crl-ul-ob-")]
+    assert _wireguard_go_of_bench() == []
+    assert not list(Path("/var/run/wireguard").glob("obwg-*.sock"))
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64"])
+def test_measure_path_through_docker_exec(platform: str, registry: str, docker_host: str,
+                                          binfmt: None) -> None:
+    from testbed.net_images import ensure_nettool_image
+
+    from bench import overlay as bench
+
+    image: BuiltImage = ensure_nettool_image(registry)
+    run = subprocess.run(
+        ["docker", "-H", docker_host, "run", "-d", "--rm", "--network", "none", "--platform",
+         platform, image.by_digest(platform), "sh", "-c",
+         "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr
+    cid = run.stdout.strip()
+    try:
+        prefix = ["docker", "-H", docker_host, "exec", cid]
+        uname = subprocess.run([*prefix, "uname", "-m"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout.strip()
+        assert uname == {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[platform]
+        r = bench.measure_path(f"nettool {platform}", prefix, prefix, "127.0.0.1", seconds=1,
+                               pings=5, counters={"container": prefix})
+    finally:
+        subprocess.run(["docker", "-H", docker_host, "rm", "-f", cid], capture_output=True,
+                       timeout=60, check=False)
+    assert r.ping_flavor == "busybox"
+    assert r.throughput_mbps > 0 and len(r.rtts_ms) == 5
+    assert set(r.extra["snmp"]["container"]) >= {"Udp.RcvbufErrors", "Tcp.RetransSegs"}
