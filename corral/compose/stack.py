@@ -102,6 +102,14 @@ def load_stack(files: Sequence[FilePath], env: Mapping[str, str] | None = None, 
     problems.raise_if_any()
     if any("default" in s["networks"] for s in services) and "default" not in networks:
         networks["default"] = {"name": None, "external": False, "labels": {}}
+    for name, net in networks.items():
+        if net["external"]:
+            problems.warn(("networks", name, "external"), "Corral has no external networks: services that "
+                                                          "name it join the overlay network")
+    used = sorted({n for s in services for n in s["networks"]})
+    if len(used) > 1:
+        problems.warn(("networks",), f"{', '.join(used)}: every service joins Corral's one overlay network, "
+                                     "so services on different networks can reach each other (no isolation)")
     return Stack(stack, services, networks, volumes, warnings + problems.warnings)
 
 

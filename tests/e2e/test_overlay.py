@@ -19,12 +19,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from corral.agent.runtime.docker import DockerClient
+from corral.compose import load_stack
 from tests.e2e.conftest import SERVER_ARGS
 from testbed.armroot import PYTHON
 from testbed.cluster import AgentProc, ServerProc, wait_for
@@ -217,6 +219,40 @@ def test_containers_reach_services_by_name_both_ways_across_the_nat(bed: Bed) ->
     ip = addr["NetworkSettings"]["Networks"]["corral"]["IPAddress"]
     assert ip.startswith(bed.row("ov3")["subnet"].rsplit(".", 1)[0] + ".")
     assert edge["state"] == "running"
+
+
+def test_a_compose_stack_on_a_network_reaches_its_services_by_short_and_stack_names(bed: Bed,
+                                                                                   tmp_path: Path) -> None:
+    assert bed.images is not None
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(f"""
+services:
+  web:
+    image: {bed.images.web1.ref}
+    networks: [backend]
+    deploy:
+      placement: {{constraints: ["node.hostname==ov4"]}}
+  app:
+    image: {bed.images.kv.ref}
+    networks: [backend]
+    deploy:
+      placement: {{constraints: ["node.hostname==ov2"]}}
+networks:
+  backend: {{}}
+""")
+    stack = load_stack([compose], {}, stack="netstack")
+    assert stack.warnings == []
+    with bed.api() as c:
+        r = c.post("/api/v1/stacks/netstack", json={"services": stack.services})
+        assert r.status_code == 200, r.text
+    wait_for(lambda: all(bed.get(f"/api/v1/services/netstack_{s}")["running"] == 1 for s in ("web", "app")),
+             90, "the stack running", interval=0.5)
+    for name in ("web", "web.netstack", "netstack_web.corral.internal"):
+        out = wait_for(lambda n=name: (o := bed.fetch("ov2", "netstack_app", f"http://{n}:8000/"))
+                       .startswith("web") and o, 30, f"ov2 -> {name} on ov4 (behind NAT)", interval=0.5)
+        assert "web v1" in out
+    # an unknown name in the zone is refused here, not sent to the host's resolver
+    assert "Name or service not known" in bed.fetch("ov2", "netstack_app", "http://nosuch.corral.internal:8000/")
 
 
 def test_two_hosts_behind_nat_relay_through_a_reachable_host_and_inspect_says_why(bed: Bed) -> None:

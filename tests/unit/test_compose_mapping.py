@@ -79,6 +79,8 @@ def test_keys_corral_does_not_honour_are_warned(shop) -> None:
         "services start in any order)",
         "services.worker.cap_add is not supported by Corral and was ignored",
         "services.node-exporter.privileged is not supported by Corral and was ignored",
+        "networks back, default: every service joins Corral's one overlay network, so services on different "
+        "networks can reach each other (no isolation)",
     ]
 
 
@@ -243,3 +245,19 @@ def test_yaml_is_read_as_yaml_1_2(tmp_path) -> None:
         """), "web")
     assert web["ports"] == [{"published": 22, "target": 22, "protocol": "tcp", "mode": "ingress"}]
     assert web["env"] == {"FLAG": "yes", "OFF": "off", "DAY": "2024-01-01", "MODE": "755"}
+
+
+def test_networks_join_the_one_overlay_and_say_so(tmp_path) -> None:
+    stack = load(tmp_path, """
+        services:
+          web: {image: nginx, networks: [front]}
+          api: {image: nginx, networks: [front, back]}
+        networks:
+          front: {}
+          back: {external: true}
+        """)
+    assert [s["networks"] for s in stack.services] == [["front"], ["front", "back"]]
+    assert stack.warnings == [
+        "networks.back.external Corral has no external networks: services that name it join the overlay network",
+        "networks back, front: every service joins Corral's one overlay network, so services on different "
+        "networks can reach each other (no isolation)"]
