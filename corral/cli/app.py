@@ -89,11 +89,15 @@ image_app = typer.Typer(
 registry_app = typer.Typer(
     help="Credentials the cluster pulls images with (admin).", no_args_is_help=True
 )
+network_app = typer.Typer(
+    help="The WireGuard overlay: subnets, NAT, relays and peer health.", no_args_is_help=True
+)
 app.add_typer(host_app, name="host")
 host_app.add_typer(label_app, name="label")
 app.add_typer(service_app, name="service")
 app.add_typer(image_app, name="image")
 app.add_typer(registry_app, name="registry")
+app.add_typer(network_app, name="network")
 app.add_typer(token_app, name="token")
 
 
@@ -221,7 +225,7 @@ def host_inspect(
     host: Annotated[str, typer.Argument(help="Host id or name.")],
     output_format: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Show one host: its platform, facts and labels."""
+    """Show one host: its platform, facts and labels, and its overlay (subnet, NAT, relays)."""
     from corral.cli import render, session
 
     with session.open_client() as client:
@@ -352,6 +356,35 @@ def _print_labels(host: dict[str, Any], fmt: OutputFormat, output: Any) -> None:
         output.print_json(host)
     else:
         output.info(f"{host.get('name', '?')}: {output.kv(host.get('labels'))}")
+
+
+# -- the overlay network --------------------------------------------------------
+
+
+@network_app.command("status")
+def network_status(output_format: OutputOpt = OutputFormat.table) -> None:
+    """Show the cluster CIDR, each host's subnet, endpoint and NAT, the peer matrix and relays.
+
+    Peer matrix: each row is what that host's agent reports of each column's host:
+    "up 12ms" (probe round trip), "via ov1" (relayed through ov1), "stale 4m" (last
+    handshake 4 minutes ago; it is being repaired), "new", "down"; blank when the host
+    does not report that peer.
+
+    Exit status (also with -o json), for use as a health check: 0 when the overlay is
+    healthy; 1 when a ready host reports an overlay error, a peer between two ready hosts
+    is down or stale, or two ready hosts have no relay between them (each problem is
+    named on stderr).
+    """
+    from corral.cli import output, render, session
+
+    with session.open_client() as client:
+        network = client.get_network()
+    _show(network, output_format, lambda: render.network_view(network))
+    problems = render.network_problems(network)
+    if problems:
+        for problem in problems:
+            output.error(f"unhealthy: {problem}")
+        raise typer.Exit(1)
 
 
 # -- services -------------------------------------------------------------------

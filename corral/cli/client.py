@@ -325,6 +325,18 @@ class CorralClient:
     def remove_host_label(self, host: str, key: str) -> JSONDict:
         return self._object("DELETE", f"/hosts/{_quote(host)}/labels/{_quote(key)}")
 
+    # -- the overlay network -------------------------------------------------
+
+    def get_network(self) -> JSONDict:
+        """The overlay: ``{"cluster_cidr", "host_prefix", "dns_generation", "hosts": [...]}``.
+
+        Each host: ``id, name, state, subnet, gateway, overlay`` (bool), ``endpoint,
+        backend, error, repairs, last_repair, behind_nat, reachable, relaying_for,
+        relays`` and ``peers`` (peer name -> ``{state, handshake_at, rtt_ms, via,
+        endpoint}``, as that host's agent last reported it).
+        """
+        return self._object("GET", "/network")
+
     # -- services and instances --------------------------------------------
 
     def create_service(self, spec: JSONDict) -> JSONDict:

@@ -1,4 +1,4 @@
-"""Tables and panels for hosts, services, instances, images and registries.
+"""Tables and panels for hosts, the overlay network, services, instances, images and registries.
 
 Pure functions from API objects (plain dicts) to Rich renderables; no I/O, so
 they are tested directly.  Tables are compact and docker-like: no borders, a
@@ -179,12 +179,284 @@ def host_panel(host: JSONDict, now: datetime | None = None) -> RenderableType:
         ("Created", timestamp(host.get("created_at"), now)),
         ("Last seen", timestamp(host.get("last_seen"), now)),
     ]
-    return Panel(
+    panel = Panel(
         _grid(rows),
         title=f"host [bold]{escape(str(host.get('name', '?')))}[/bold]",
         title_align="left",
         expand=False,
     )
+    if not any(key in host for key in ("subnet", "overlay", "mesh")):
+        return panel  # a server from before the overlay
+    from rich.console import Group
+
+    return Group(panel, overlay_panel(host, now))
+
+
+# -- the overlay network ----------------------------------------------------
+
+PEER_STYLES = {"up": "green", "relayed": "cyan", "stale": "yellow", "new": "yellow", "down": "red"}
+UNHEALTHY_PEER_STATES = ("down", "stale")
+
+
+def _epoch(now: datetime | float | None) -> float:
+    import time
+
+    if now is None:
+        return time.time()
+    return now.timestamp() if isinstance(now, datetime) else float(now)
+
+
+def short_duration(seconds: float) -> str:
+    """``45s``, ``4m``, ``2h``, ``3d`` (whole units, rounded down)."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _rtt(ms: Any) -> str:
+    """``12ms``, ``1.4ms``, ``0.3ms``; empty when unknown."""
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
+        return ""
+    if ms >= 10:
+        return f"{ms:.0f}ms"
+    return f"{ms:.1f}".rstrip("0").rstrip(".") + "ms" if ms >= 0.05 else "<0.1ms"
+
+
+def peer_cell(peer: JSONDict | None, now: datetime | float | None = None) -> Text:
+    """What one host sees of one peer, in a few characters: ``up 12ms``, ``via ov1``,
+    ``stale 4m`` (since the last handshake), ``new``, ``down``; coloured by state.
+    Empty when the host does not report the peer."""
+    from rich.text import Text
+
+    if not peer:
+        return Text("")
+    state = str(peer.get("state") or "?")
+    style = PEER_STYLES.get(state, "magenta")
+    if state == "up":
+        label = f"up {_rtt(peer.get('rtt_ms'))}".rstrip()
+    elif state == "relayed":
+        label = f"via {peer['via']}" if peer.get("via") else "relayed"
+    elif state == "stale":
+        shook = peer.get("handshake_at")
+        label = "stale"
+        if isinstance(shook, (int, float)) and shook > 0:
+            label += f" {short_duration(_epoch(now) - shook)}"
+    else:
+        label = state
+    return Text(label, style=style)
+
+
+def nat_text(behind_nat: bool | None, reachable: bool | None) -> Text:
+    """``behind NAT`` / ``reachable`` / ``no endpoint``; ``-`` when the host is in no plan."""
+    if behind_nat:
+        return _text("behind NAT", "yellow")
+    if reachable:
+        return _text("reachable")
+    if behind_nat is None and reachable is None:
+        return _text(None)
+    return _text("no endpoint", "yellow")
+
+
+def network_hosts_table(hosts: list[JSONDict]) -> Table:
+    table = _table("NAME", "STATE", "SUBNET", "ENDPOINT", "NAT", "BACKEND", "REPAIRS", "ERROR")
+    for h in hosts:
+        backend = h.get("backend") if h.get("overlay") or h.get("backend") else "(no overlay)"
+        _row(
+            table,
+            _text(h.get("name")),
+            state_text(h.get("state")),
+            _text(h.get("subnet")),
+            _text(h.get("endpoint")),
+            nat_text(h.get("behind_nat"), h.get("reachable")),
+            _text(backend, "" if h.get("overlay") else "dim"),
+            _text(h.get("repairs") or 0, "yellow" if h.get("repairs") else ""),
+            _text(h.get("error"), "red"),
+        )
+    return table
+
+
+def peer_matrix(hosts: list[JSONDict], now: datetime | float | None = None) -> Table:
+    """Rows: the reporting host; columns: the peer it reports on; ``—`` on the diagonal."""
+    from rich.table import Table
+
+    names = [str(h.get("name") or h.get("id") or "?") for h in hosts]
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  padding=(0, 2, 0, 0))
+    table.add_column("", style="bold", no_wrap=True)
+    for name in names:
+        table.add_column(name, no_wrap=True)
+    for h, name in zip(hosts, names, strict=True):
+        peers = h.get("peers") or {}
+        cells = [_text("—", "dim") if other == name else peer_cell(peers.get(other), now)
+                 for other in names]
+        label = _text(name, "" if h.get("state") == "ready" else "dim")
+        table.add_row(label, *cells)
+    return table
+
+
+def _relay_pairs(hosts: list[JSONDict]) -> list[tuple[str, str, JSONDict]]:
+    """Each pair of hosts that cannot dial each other, once, with the note saying why."""
+    seen: set[frozenset[str]] = set()
+    out = []
+    for h in hosts:
+        for note in h.get("relays") or []:
+            a, b = str(h.get("name")), str(note.get("target_name") or note.get("target_id"))
+            pair = frozenset((a, b))
+            if pair in seen:
+                continue
+            seen.add(pair)
+            x, y = sorted((a, b))
+            out.append((x, y, note))
+    return out
+
+
+def relay_lines(hosts: list[JSONDict]) -> list[Text]:
+    """``ov3 ↔ ov4: <why>; their traffic goes through ov1`` (cyan), or red when no
+    reachable host relays for them."""
+    lines = []
+    for x, y, note in _relay_pairs(hosts):
+        style = "cyan" if note.get("relay_name") or note.get("relay_id") else "red"
+        lines.append(_text(f"{x} ↔ {y}: {note.get('reason') or 'no direct tunnel'}", style))
+    return lines
+
+
+def network_problems(network: JSONDict) -> list[str]:
+    """Why the overlay is unhealthy (empty: healthy): a ready host reporting an error, a
+    peer between ready hosts down or stale, two ready hosts no host can relay between."""
+    hosts = network.get("hosts") or []
+    ready = {str(h.get("name")) for h in hosts if h.get("state") == "ready"}
+    problems = []
+    for h in hosts:
+        name = str(h.get("name"))
+        if name not in ready:
+            continue
+        if h.get("error"):
+            problems.append(f"{name}: {h['error']}")
+        for peer_name, peer in sorted((h.get("peers") or {}).items()):
+            state = (peer or {}).get("state")
+            if peer_name in ready and peer_name != name and state in UNHEALTHY_PEER_STATES:
+                problems.append(f"{name} → {peer_name}: {peer_cell(peer).plain}")
+    for x, y, note in _relay_pairs([h for h in hosts if str(h.get("name")) in ready]):
+        if y in ready and x in ready and not (note.get("relay_name") or note.get("relay_id")):
+            problems.append(f"{x} ↔ {y}: {note.get('reason') or 'no relay'}")
+    return problems
+
+
+def network_view(network: JSONDict, now: datetime | float | None = None) -> RenderableType:
+    """``corral network status``: the cluster CIDR, the hosts, the peer matrix, the relays."""
+    from rich.console import Group
+
+    hosts = network.get("hosts") or []
+    head = _text("cluster ", "bold")
+    cidr = network.get("cluster_cidr")
+    head.append(str(cidr) if cidr else "- (no overlay configured)")
+    if network.get("host_prefix"):
+        head.append(f"  (a /{network['host_prefix']} per host)", style="dim")
+    from rich.text import Text
+
+    parts: list[Any] = [head, Text("")]
+    if not hosts:
+        parts.append(_text("no hosts", "dim"))
+        return Group(*parts)
+    parts += [network_hosts_table(hosts), Text(""),
+              _text("peers (row: the host reporting; column: the peer)", "bold"),
+              peer_matrix(hosts, now)]
+    relays = relay_lines(hosts)
+    if relays:
+        parts += [Text(""), _text("relays", "bold"), *relays]
+    return Group(*parts)
+
+
+def _epoch_timestamp(at: Any, now: datetime | None) -> str:
+    from datetime import UTC
+
+    if not isinstance(at, (int, float)) or isinstance(at, bool):
+        return "-"
+    return timestamp(datetime.fromtimestamp(at, UTC).isoformat(), now)
+
+
+def _relay_note_text(note: JSONDict) -> Text:
+    target = note.get("target_name") or note.get("target_id") or "?"
+    relay = note.get("relay_name") or note.get("relay_id")
+    if relay:
+        # the server's reason ends with what this line starts with
+        reason = str(note.get("reason") or "").removesuffix(f"; their traffic goes through {relay}")
+        why = f": {reason}" if reason else ""
+        return _text(f"to {target} through {relay}{why}", "cyan")
+    return _text(f"cannot reach {target}: {note.get('reason') or 'no relay'}", "red")
+
+
+def overlay_panel(host: JSONDict, now: datetime | None = None) -> RenderableType:
+    """``host inspect``'s overlay section: subnet, endpoint, NAT, relays, peers, repairs."""
+    from rich.console import Group
+    from rich.panel import Panel
+
+    report = host.get("overlay") or {}
+    mesh = host.get("mesh") or {}
+    subnet = host.get("subnet")
+    rows: list[tuple[str, Any]] = []
+    if subnet:
+        try:
+            from corral.net.ipam import gateway
+
+            rows.append(("Subnet", f"{subnet} (gateway and DNS {gateway(str(subnet))})"))
+        except ValueError:
+            rows.append(("Subnet", _text(subnet)))
+    else:
+        rows.append(("Subnet", _text("none assigned", "dim")))
+    if not host.get("overlay"):
+        rows.append(("Overlay", _text("no report from the agent (it runs without the overlay, "
+                                      "or has not reported yet)", "dim")))
+    else:
+        backend = report.get("backend") or "-"
+        if report.get("interface"):
+            backend += f" on {report['interface']}"
+        rows += [
+            ("Endpoint", _text(report.get("endpoint"))),
+            ("Backend", _text(backend)),
+            ("Public key", _text(report.get("public_key"))),
+        ]
+    if mesh:
+        if mesh.get("behind_nat"):
+            nat = _text("behind NAT (it dials out and keeps its tunnels open with keepalives)",
+                        "yellow")
+        elif mesh.get("reachable"):
+            nat = _text("reachable (peers dial its endpoint)")
+        else:
+            nat = _text("not reachable (it advertises no endpoint; it dials out)", "yellow")
+        rows.append(("NAT", nat))
+        relays = mesh.get("relays") or []
+        rows.append(("Relays", Group(*(_relay_note_text(n) for n in relays)) if relays
+                     else _text("none (it reaches every peer directly)")))
+        relaying_for = mesh.get("relaying_for") or []
+        rows.append(("Relays for", _text(
+            f"{', '.join(relaying_for)} (they cannot dial each other)" if relaying_for else "-")))
+    elif host.get("overlay"):
+        rows.append(("Mesh", _text("not in the mesh plan (down, no key yet, or refused)", "yellow")))
+    peers = report.get("peers") or {}
+    if peers:
+        from rich.text import Text
+
+        line = Text()
+        for i, (peer_id, peer) in enumerate(
+                sorted(peers.items(), key=lambda kv: str((kv[1] or {}).get("name") or kv[0]))):
+            if i:
+                line.append(", ")
+            line.append(f"{(peer or {}).get('name') or peer_id} ")
+            line.append_text(peer_cell(peer, now))
+        rows.append(("Peers", line))
+    if host.get("overlay"):
+        rows.append(("Repairs", _text(report.get("repairs") or 0)))
+        last = report.get("last_repair")
+        if isinstance(last, dict):
+            what = f"{last.get('what')}: " if last.get("what") else ""
+            rows.append(("Last repair", _text(
+                f"{_epoch_timestamp(last.get('at'), now)}: {what}{last.get('reason') or ''}")))
+    if report.get("error"):
+        rows.append(("Error", _text(report["error"], "red")))
+    return Panel(_grid(rows), title="overlay", title_align="left", expand=False)
 
 
 # -- services ---------------------------------------------------------------
