@@ -368,7 +368,40 @@ class Store:
         if bool(new.get("error")) and new.get("error") != old.get("error"):
             self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=new.get("error"))
         row.overlay = overlay
+        if bool(new.get("public_key")) != bool(old.get("public_key")):
+            self._readdress(s, row)
         self._overlay_changed()
+
+    def _readdress(self, s: Session, host: HostRow) -> None:
+        """The host's overlay came (or went): give its instances addresses (or take them away).
+
+        Instances placed before the agent's first overlay report (a global service's, right
+        after the join) get addresses now; the changed spec makes the agent recreate their
+        containers on the overlay network.  An agent that stopped running the overlay gets its
+        instances back on the engine's default network."""
+        rows = list(s.scalars(select(InstanceRow).where(InstanceRow.host_id == host.id)))
+        on = bool((host.overlay or {}).get("public_key")) and host.subnet is not None
+        changed = False
+        used = {r.address for r in rows if r.address}
+        for inst in rows:
+            if on and not inst.address and host.subnet is not None:
+                try:
+                    inst.address, host.next_address = pick_address(host.subnet, used, host.next_address)
+                except SubnetFull as exc:
+                    log.warning("instance %s runs without an overlay address: %s", inst.id, exc)
+                    continue
+                used.add(inst.address)
+            elif not on and inst.address:
+                inst.address = ""
+            else:
+                continue
+            labels = {k: v for k, v in (inst.spec.get("labels") or {}).items() if k != LABEL_ADDRESS}
+            if inst.address:
+                labels[LABEL_ADDRESS] = inst.address
+            inst.spec = {**inst.spec, "labels": labels}
+            changed = True
+        if changed:
+            self._bump(s, [host.id])
 
     @retried
     def mark_down(self, last_seen_before: float, spare: set[str] | frozenset[str] = frozenset()) -> list[str]:
@@ -760,12 +793,14 @@ class Store:
                                               HostRow.labels, HostRow.overlay).order_by(HostRow.name, HostRow.id))]
 
     def dns_entries(self) -> list[tuple[str, str | None, list[str]]]:
-        """(service, stack, addresses) of every service with running, ready instances on the overlay."""
+        """(service, stack, addresses) of every service with running, ready instances on the overlay
+        (on hosts that are up: a down host's instances cannot be reached)."""
         with self._read() as s:
             rows = s.execute(select(ServiceRow.name, ServiceRow.stack, InstanceRow.address)
                              .join(InstanceRow, InstanceRow.service_id == ServiceRow.id)
+                             .join(HostRow, HostRow.id == InstanceRow.host_id)
                              .where(InstanceRow.address != "", InstanceRow.state == "running",
-                                    InstanceRow.health.in_(("", "healthy")))
+                                    InstanceRow.health.in_(("", "healthy")), HostRow.state == "ready")
                              .order_by(ServiceRow.name, InstanceRow.address))
             out: dict[str, tuple[str | None, list[str]]] = {}
             for name, stack, address in rows:

@@ -123,8 +123,6 @@ def test_a_full_cluster_refuses_the_next_join_and_creates_nothing(tmp_path: Path
         assert h.state.store.last_event_id() == n_events  # no "joined" event either
 
 
-@pytest.mark.xfail(strict=True, reason="POST /api/v1/agent/register does not map the store's ConflictError "
-                                       "(cluster full) to 409: the agent gets a bare 500")
 def test_a_join_to_a_full_cluster_is_a_409_naming_the_cluster(tmp_path: Path) -> None:
     with harness(tmp_path, "--cluster-cidr", "10.42.0.0/28", "--host-subnet-prefix", "29") as h:
         r = join(h, full_cluster(h), "c")
@@ -251,9 +249,6 @@ def test_hosts_without_an_overlay_report_give_no_addresses(h: Harness) -> None:
     assert h.state.store.get_host(plain).subnet == "10.42.1.0/24"  # it holds a subnet all the same
 
 
-@pytest.mark.xfail(strict=True, reason="an instance placed on a host before the host's first overlay report (a "
-                                       "global service at join: the agent's register carries no overlay report) "
-                                       "never gets an address, so it never enters the DNS directory")
 def test_a_global_instance_placed_at_join_gets_an_address_once_the_host_reports_its_key(h: Harness) -> None:
     overlay_host(h, "a", 1)
     create_service(h, "probe", 1, mode="global")
@@ -423,6 +418,15 @@ def test_a_running_healthy_instance_with_an_address_enters_the_directory(h: Harn
     assert ov.dns_generation == generation + 2
     assert ov.dns_records[1] == ["web", None, sorted([web_a.address, web_b.address])]
     assert st.dns_entries()[1][2] == sorted([web_a.address, web_b.address])
+
+    # a host that goes down takes its instances out of DNS (they cannot be reached) ...
+    st.mark_down(st.clock() + 1, spare={hosts["a"][0], hosts["c"][0]})
+    ov.refresh()
+    assert ov.dns_records == [["web", None, [web_a.address]]]
+    # ... and they are back when it is
+    post_status(h, hosts["b"][1])
+    ov.refresh()
+    assert ov.dns_records[1] == ["web", None, sorted([web_a.address, web_b.address])]
 
 
 # ---------------------------------------------------------------- the channel
