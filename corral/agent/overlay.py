@@ -184,8 +184,12 @@ class OverlayManager:
         if ep is None:
             ip = default_route_address()
             return f"{ip}:{self.config.listen_port}" if ip else None
-        if ep.startswith("[") or ep.count(":") == 1:
+        if ep.startswith("["):  # [IPv6]:PORT, or [IPv6] alone
+            return ep if "]:" in ep else f"{ep}:{self.config.listen_port}"
+        if ep.count(":") == 1:
             return ep
+        if ":" in ep:  # a bare IPv6 address: "fd00::1:51820" would not parse
+            return f"[{ep}]:{self.config.listen_port}"
         return f"{ep}:{self.config.listen_port}"
 
     # -- the loop -------------------------------------------------------------------------
