@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overlay-interface", default="corral0", help="WireGuard interface name (default corral0)")
     o.add_argument("--overlay-bridge", default="corral-br", help="the container bridge's name (default corral-br)")
     o.add_argument("--overlay-dns-port", type=int, default=53, help=argparse.SUPPRESS)
+    o.add_argument("--overlay-stale-after", type=float, default=180.0, help=argparse.SUPPRESS)  # tests
     o.add_argument("--overlay-probe-every", type=float, default=15.0,
                    help="seconds between reachability probes of each peer (default 15)")
     p.add_argument("--log-level", default="info")
@@ -74,7 +75,8 @@ def overlay_manager(args: argparse.Namespace, docker: DockerClient, state: State
     config = OverlayConfig(interface=args.overlay_interface, bridge=args.overlay_bridge,
                            listen_port=args.overlay_port, endpoint=args.overlay_endpoint,
                            nat={"auto": None, "yes": True, "no": False}[args.overlay_nat],
-                           dns_port=args.overlay_dns_port, probe_every=args.overlay_probe_every)
+                           dns_port=args.overlay_dns_port, probe_every=args.overlay_probe_every,
+                           stale_after=args.overlay_stale_after)
     return OverlayManager(docker, WireGuard(), config, state.path, on_change)
 
 

@@ -66,6 +66,7 @@ class OverlayConfig:
     nat: bool | None = None  # behind NAT (True), reachable (False), or let the server infer it
     dns_port: int = 53
     probe_every: float = 15.0
+    stale_after: float = STALE_AFTER  # seconds without a handshake, while probes fail, before a repair
     mtu: int = 1420
 
 
@@ -331,13 +332,14 @@ class OverlayManager:
                 age = None if not h.handshake_at else now - h.handshake_at
                 if rtt is not None:
                     h.state = "up"
-                elif age is not None and age < STALE_AFTER:
+                elif age is not None and age < self.config.stale_after:
                     h.state = "up"  # the tunnel handshakes; the peer's DNS may just be starting
-                elif now - h.since < STALE_AFTER:
+                elif now - h.since < self.config.stale_after:
                     h.state = "new" if age is None else "stale"
                 else:
                     h.state = "stale"
-                if h.state == "stale" and h.failures >= 3 and now - h.repaired_at >= REPAIR_GAP:
+                gap = min(REPAIR_GAP, self.config.stale_after)
+                if h.state == "stale" and h.failures >= 3 and now - h.repaired_at >= gap:
                     self._repair_peer(peer, h, age)
             else:
                 h.state = "relayed" if rtt is not None else "down"

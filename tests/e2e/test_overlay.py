@@ -119,7 +119,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory, netns_host_factory: Any, regis
             b.agents[name] = AgentProc(
                 server.url, join, tmp / f"agent-{name}", docker_host=host.docker_host, name=name, netns=host,
                 overlay=True, extra_args=["--overlay-endpoint", f"{placed.address}:51820",
-                                          "--overlay-interface", f"wg{name}", "--overlay-probe-every", "2"]).start()
+                                          "--overlay-interface", f"wg{name}", "--overlay-probe-every", "2",
+                                          "--overlay-stale-after", "8"]).start()
         for agent in b.agents.values():
             agent.host_id()
         yield b
@@ -267,6 +268,29 @@ def test_two_hosts_behind_nat_relay_through_a_reachable_host_and_inspect_says_wh
     assert bed.wg("ov4", "peers").strip().count("\n") == 1
     inspect = bed.get("/api/v1/hosts/ov4")
     assert inspect["mesh"]["relays"][0]["relay_name"] == "ov1"
+
+
+def test_a_peer_cut_off_goes_stale_is_repaired_and_comes_back(bed: Bed) -> None:
+    wait_for(lambda: _all_up(bed), 60, "every host's peers up", interval=0.5)
+    ov1 = bed.underlay.hosts["ov1"].address
+    rules = [["INPUT", "-s", ov1, "-p", "udp", "-j", "DROP"], ["OUTPUT", "-d", ov1, "-p", "udp", "-j", "DROP"]]
+    inside = nsenter(bed.hosts["ov2"].netns_path)
+    before = bed.row("ov2")["repairs"]
+    for rule in rules:
+        subprocess.run(inside + ["iptables", "-w", "5", "-I", *rule], check=True, timeout=10)
+    try:
+        wait_for(lambda: bed.row("ov2")["peers"]["ov1"]["state"] == "stale", 40, "ov2 to call ov1 stale",
+                 interval=0.5)
+        row = wait_for(lambda: (r := bed.row("ov2"))["repairs"] > before and r, 30, "a repair of the peer",
+                       interval=0.5)
+        assert row["last_repair"]["what"] == "peer" and row["last_repair"]["reason"].startswith("ov1:")
+    finally:
+        for rule in rules:
+            subprocess.run(inside + ["iptables", "-w", "5", "-D", *rule], timeout=10)
+    wait_for(lambda: bed.row("ov2")["peers"]["ov1"]["state"] == "up", 40, "ov1 up again from ov2", interval=0.5)
+    with bed.api() as c:
+        events = c.get("/api/v1/events", params={"type": "host", "subject": "ov2"}).text
+    assert "overlay_repaired" in events and "peer re-added" in events
 
 
 def test_killed_wireguard_go_is_restored_and_the_repair_is_an_event(bed: Bed) -> None:
