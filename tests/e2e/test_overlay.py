@@ -1,7 +1,10 @@
 """The overlay end to end: four hosts on an underlay, two of them behind NAT.
 
 Each host is a network namespace with its own dockerd and a real agent with the overlay
-on (wireguard-go, since this kernel has no wireguard module); the namespaces sit on a
+on (wireguard-go, since this kernel has no wireguard module); ``ov2`` is an arm64 host: its
+agent, ``ip``, ``wg`` and ``wireguard-go`` are Debian's aarch64 builds run by qemu
+(testbed/armroot.py; only its iptables is the machine's, as qemu-user cannot pass netfilter
+netlink through), and its containers run their arm64 builds; the namespaces sit on a
 shared underlay switch (testbed.underlay), ``ov3`` and ``ov4`` each behind a NAT router
 that masquerades its LAN.  Containers reach services on other hosts by DNS name through
 the overlay, in both directions and across the NAT; the two NATed hosts, which cannot
@@ -28,7 +31,7 @@ import pytest
 from corral.agent.runtime.docker import DockerClient
 from corral.compose import load_stack
 from tests.e2e.conftest import SERVER_ARGS
-from testbed.armroot import PYTHON
+from testbed.armroot import PYTHON, ArmAgentProc
 from testbed.cluster import AgentProc, ServerProc, wait_for
 from testbed.netns import NetnsHost
 from testbed.stack_images import StackImages, build_stack_images
@@ -37,6 +40,7 @@ from testbed.underlay import Underlay, nsenter
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, dockerd, wireguard-go)")
 
 HOSTS = [("ov1", None), ("ov2", None), ("ov3", "ovnat"), ("ov4", "ovnat2")]
+ARM64_HOST = "ov2"  # its agent is Debian's aarch64 python3.11 (and ip, wg, wireguard-go) under qemu
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())"
 
 
@@ -116,11 +120,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory, netns_host_factory: Any, regis
             host = netns_host_factory(name, [server.port, registry_port])
             placed = underlay.attach(host.netns_path, name, behind=behind)
             b.hosts[name] = host
-            b.agents[name] = AgentProc(
-                server.url, join, tmp / f"agent-{name}", docker_host=host.docker_host, name=name, netns=host,
-                overlay=True, extra_args=["--overlay-endpoint", f"{placed.address}:51820",
-                                          "--overlay-interface", f"wg{name}", "--overlay-probe-every", "2",
-                                          "--overlay-stale-after", "8"]).start()
+            args = ["--overlay-endpoint", f"{placed.address}:51820", "--overlay-interface", f"wg{name}",
+                    "--overlay-probe-every", "2", "--overlay-stale-after", "8"]
+            kind = ArmAgentProc if name == ARM64_HOST else AgentProc
+            b.agents[name] = kind(server.url, join, tmp / f"agent-{name}", docker_host=host.docker_host, name=name,
+                                  netns=host, overlay=True, extra_args=args).start()
         for agent in b.agents.values():
             agent.host_id()
         yield b
@@ -156,6 +160,8 @@ def test_hosts_get_subnets_and_the_mesh_comes_up_across_the_nat(bed: Bed) -> Non
     except TimeoutError:
         raise AssertionError(json.dumps(bed.network(), indent=1)) from None
     assert net["cluster_cidr"] == "10.42.0.0/16"
+    arm = bed.get(f"/api/v1/hosts/{ARM64_HOST}")
+    assert arm["platform"] == "linux/arm64" and arm["overlay"]["backend"] == "userspace"
     subnets = [h["subnet"] for h in net["hosts"]]
     assert len(set(subnets)) == 4 and all(s.startswith("10.42.") and s.endswith("/24") for s in subnets)
     # peers saw ov3's packets come from its NAT router, not from the address it advertises
@@ -208,8 +214,10 @@ def test_containers_reach_services_by_name_both_ways_across_the_nat(bed: Bed) ->
     out = wait_for(lambda: (o := bed.fetch("ov3", "client", "http://cloudweb.corral.internal:8000/"))
                    .startswith("web") and o, 30, "ov3 -> cloudweb on ov1", interval=0.5)
     assert "web v1" in out
-    # the other public host too
+    # the arm64 host too, from its arm64 container
     assert "web v1" in bed.fetch("ov2", "client", "http://edgeweb:8000/")
+    on_arm = [i for i in bed.get("/api/v1/services/client")["instances"] if i["host_name"] == ARM64_HOST]
+    assert on_arm[0]["platform"] == "linux/arm64"
     # ov4, behind another NAT, reaches ov3 through the relay
     out = wait_for(lambda: (o := bed.fetch("ov4", "client", "http://edgeweb:8000/")).startswith("web") and o,
                    30, "ov4 -> edgeweb on ov3 through the relay", interval=0.5)
@@ -295,7 +303,7 @@ def test_a_peer_cut_off_goes_stale_is_repaired_and_comes_back(bed: Bed) -> None:
 
 def test_killed_wireguard_go_is_restored_and_the_repair_is_an_event(bed: Bed) -> None:
     wait_for(lambda: _all_up(bed), 60, "every host's peers up", interval=0.5)
-    pids = subprocess.run(["pgrep", "-f", "^wireguard-go wgov2$"], capture_output=True, text=True).stdout.split()
+    pids = subprocess.run(["pgrep", "-f", "wireguard-go wgov2$"], capture_output=True, text=True).stdout.split()
     assert pids, "wireguard-go for wgov2 is not running"
     for pid in pids:
         os.kill(int(pid), signal.SIGKILL)
