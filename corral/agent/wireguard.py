@@ -472,6 +472,8 @@ def find_wireguard_go(name: str, proc: Path = Path("/proc")) -> int | None:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
+        if argv and b"qemu" in argv[0]:  # a foreign build run by binfmt's qemu:
+            argv = argv[1:]  # `qemu-aarch64 /usr/bin/wireguard-go wireguard-go NAME`
         if (argv and os.path.basename(argv[0]) == b"wireguard-go"
                 and name.encode() in argv[1:] and state != "Z"):
             found.append(int(entry.name))

@@ -859,3 +859,7 @@ def test_find_wireguard_go_reads_proc(tmp_path: Path) -> None:
     assert find_wireguard_go("corral0", tmp_path) == 11
     assert find_wireguard_go("corral1", tmp_path) == 12
     assert find_wireguard_go("corral2", tmp_path) is None
+    # an aarch64 build run by binfmt's qemu-user (the test bed's arm64 hosts)
+    proc(14, ["/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "/usr/bin/wireguard-go", "wireguard-go", "corral3"])
+    proc(15, ["/usr/bin/qemu-aarch64-static", "/bin/vim", "corral3"])
+    assert find_wireguard_go("corral3", tmp_path) == 14
