@@ -62,7 +62,8 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._removals = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remove")
         self._busy: set[str] = set()
-        self._skipped = False
+        self._skipped: set[str] = set()  # busy keys a pass wanted to work on: their job's end pokes a pass
+        self._hashes: dict[str, tuple[InstanceSpec, str]] = {}  # instance id -> (spec, its spec_hash)
         self._lock = threading.Lock()
         self._desired = DesiredSet(-1, [])
         self._books: dict[str, RestartBook] = {}
@@ -79,7 +80,7 @@ class Reconciler:
         with self._lock:
             self._desired = desired
             wanted = {i.id for i in desired.instances}
-            for table in (self._books, self._pull_retry_at, self._statuses):
+            for table in (self._books, self._pull_retry_at, self._statuses, self._hashes):
                 for iid in [k for k in table if k not in wanted]:
                     del table[iid]
 
@@ -123,37 +124,69 @@ class Reconciler:
         wanted = {i.id for i in desired.instances}
         self.next_due = float("inf")
         self._route(desired, by_instance)
-        # stop-first: a slot's new instance starts only once its old container is gone from this
-        # host (no two processes on one volume or host port); its removal pokes another pass
-        leaving = {slot_of(c) for iid, cs in by_instance.items() if iid not in wanted for c in cs}
-        held = [s for s in desired.instances if not by_instance.get(s.id) and (s.service, s.slot) in leaving]
-        if held:
-            with self._lock:
-                self._skipped = True  # the removal's end pokes the next pass
-        jobs = [self._submit(self._pool, spec.id, self._ensure, spec, by_instance.get(spec.id, []))
-                for spec in desired.instances if spec not in held]
-        jobs += [self._submit(self._removals, c.id, self._remove, c)
-                 for iid, cs in by_instance.items() if iid not in wanted for c in cs]
+        leaving = [c for iid, cs in by_instance.items() if iid not in wanted for c in cs]
+        # stop-first: a slot's new instance starts only once its old container has stopped on this
+        # host (no two processes on one volume or host port).  One job does both: the old one
+        # stops while the new one is pulled and created, the new one starts, then the old one goes.
+        by_slot: dict[tuple[str, int], list[ContainerInfo]] = {}
+        for c in leaving:
+            by_slot.setdefault(slot_of(c), []).append(c)
+        jobs: list[Future[None] | None] = []
+        replacing: set[str] = set()
+        for spec in desired.instances:
+            found = by_instance.get(spec.id, [])
+            olds = [] if found else by_slot.get((spec.service, spec.slot), [])
+            if olds:
+                jobs.append(self._submit(self._pool, spec.id, self._replace, spec, olds,
+                                         also=[c.id for c in olds]))
+                replacing.update(c.id for c in olds)
+            elif not self._settled(spec, found):
+                jobs.append(self._submit(self._pool, spec.id, self._ensure, spec, found))
+        jobs += [self._submit(self._removals, c.id, self._remove, c) for c in leaving if c.id not in replacing]
         if wait:
             for job in jobs:
                 if job is not None:
                     job.result()
 
+    def _settled(self, spec: InstanceSpec, found: list[ContainerInfo]) -> bool:
+        """Nothing to do for this instance: its one container runs the current spec, healthy or
+        still starting, and that is what was last reported (checked here, not on the pool)."""
+        if len(found) != 1:
+            return False
+        c = found[0]
+        if c.state != "running" or c.health == model.UNHEALTHY or c.labels.get(model.LABEL_SPEC) != self._hash(spec):
+            return False
+        old = self._statuses.get(spec.id)
+        return old is not None and old.state == model.RUNNING and old.container_id == c.id and old.health == c.health
+
+    def _hash(self, spec: InstanceSpec) -> str:
+        cached = self._hashes.get(spec.id)
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        digest = spec.spec_hash()
+        self._hashes[spec.id] = (spec, digest)
+        return digest
+
     def _submit(self, pool: ThreadPoolExecutor, key: str, fn: Callable[..., None],
-                *args: object) -> Future[None] | None:
+                *args: object, also: list[str] | None = None) -> Future[None] | None:
+        """Run ``fn`` on ``pool`` unless ``key`` (or a key in ``also``: containers the job takes
+        over) is busy with an earlier job; then that job's end pokes another pass."""
+        keys = [key, *(also or ())]
         with self._lock:
-            if key in self._busy:
-                self._skipped = True
+            busy = [k for k in keys if k in self._busy]
+            if busy:
+                self._skipped.update(busy)
                 return None
-            self._busy.add(key)
+            self._busy.update(keys)
 
         def job() -> None:
             try:
                 fn(*args)
             finally:
                 with self._lock:
-                    self._busy.discard(key)
-                    again, self._skipped = self._skipped, False
+                    self._busy.difference_update(keys)
+                    again = bool(self._skipped.intersection(keys))
+                    self._skipped.difference_update(keys)
                 if again:
                     self._on_work_done()
 
@@ -170,7 +203,7 @@ class Reconciler:
                 continue
             ready = [c for c in by_instance.get(spec.id, []) if c.state == "running" and c.ip
                      and c.health not in (model.HEALTH_STARTING, model.UNHEALTHY)
-                     and c.labels.get(model.LABEL_SPEC) == spec.spec_hash()]
+                     and c.labels.get(model.LABEL_SPEC) == self._hash(spec)]
             for p in ports:
                 routes.setdefault(p.published, []).extend((c.ip, p.target) for c in ready)
         if routes != self._routes:
@@ -183,29 +216,59 @@ class Reconciler:
 
     def _remove(self, c: ContainerInfo, why: str = "no longer desired") -> None:
         log.info("removing %s (%s)", c.name, why)
+        self._stop(c)
+        self._delete(c)
+
+    def _stop(self, c: ContainerInfo) -> None:
+        """Stop it with its own grace period (after leaving the ingress rotation, if it was in it)."""
         if c.id in self._draining:  # out of the ingress rotation: let connections already sent to it land
             self._draining.discard(c.id)
             time.sleep(INGRESS_DRAIN)
         try:
             if c.state == "running":
                 self.docker.stop(c.id, timeout=stop_grace(self.docker.inspect_container(c.id)))
+        except DockerError as exc:
+            log.warning("could not stop %s: %s", c.name, exc)
+
+    def _stop_each(self, containers: list[ContainerInfo]) -> None:
+        for c in containers:
+            self._stop(c)
+
+    def _delete(self, c: ContainerInfo) -> None:
+        try:
             self.docker.remove(c.id, force=True)
         except DockerError as exc:
             log.warning("could not remove %s: %s", c.name, exc)
 
+    def _replace(self, spec: InstanceSpec, olds: list[ContainerInfo]) -> None:
+        """stop-first on this host: the slot's old containers stop while the new one is pulled and
+        created (as Swarm prepares a task), the new one starts once they have stopped, then the old
+        ones are removed.  They stop and go even if the new one cannot start."""
+        for c in olds:
+            log.info("replacing %s with %s (stop-first)", c.name, spec.name)
+        stopping = self._removals.submit(self._stop_each, olds)
+        try:
+            self._ensure(spec, [], before_start=stopping.result)
+        finally:
+            stopping.result()
+            for c in olds:
+                self._delete(c)
+
     def _due(self, at: float) -> None:
         self.next_due = min(self.next_due, at)
 
-    def _ensure(self, spec: InstanceSpec, found: list[ContainerInfo]) -> None:
+    def _ensure(self, spec: InstanceSpec, found: list[ContainerInfo],
+                before_start: Callable[[], object] | None = None) -> None:
         try:
-            self._ensure_inner(spec, found)
+            self._ensure_inner(spec, found, before_start)
         except DockerError as exc:
             log.warning("instance %s: %s", spec.name, exc)
             self._report(spec.id, model.FAILED, error=str(exc))
             self._due(self._clock() + 5)
 
-    def _ensure_inner(self, spec: InstanceSpec, found: list[ContainerInfo]) -> None:
-        want_hash = spec.spec_hash()
+    def _ensure_inner(self, spec: InstanceSpec, found: list[ContainerInfo],
+                      before_start: Callable[[], object] | None = None) -> None:
+        want_hash = self._hash(spec)
         current = [c for c in found if c.labels.get(model.LABEL_SPEC) == want_hash]
         # keep one container: a running one with the current spec if there is one
         current.sort(key=lambda c: (c.state != "running", -c.created))
@@ -214,7 +277,7 @@ class Reconciler:
             if c is not keep:
                 self._remove(c, "duplicate" if c in current else "spec changed")
         if keep is None:
-            self._create_and_start(spec)
+            self._create_and_start(spec, before_start)
         elif keep.state == "running" and keep.health == model.UNHEALTHY:
             self._handle_unhealthy(spec, keep)
         elif keep.state == "running":
@@ -296,7 +359,9 @@ class Reconciler:
         self._report(iid, model.RESTARTING, container_id=cid, health=model.UNHEALTHY,
                      error=f"unhealthy; replacing it in {wait}")
 
-    def _create_and_start(self, spec: InstanceSpec) -> None:
+    def _create_and_start(self, spec: InstanceSpec, before_start: Callable[[], object] | None = None) -> None:
+        """Pull if needed, create, then (after ``before_start``: a stop-first slot's old container
+        stopping) start."""
         now = self._clock()
         if not self.docker.image_present(spec.image):
             if self._pull_retry_at.get(spec.id, 0.0) > now:
@@ -312,7 +377,7 @@ class Reconciler:
                 return
         labels = {**spec.labels, model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id,
                   model.LABEL_INSTANCE: spec.id, model.LABEL_SERVICE: spec.service,
-                  model.LABEL_SPEC: spec.spec_hash()}
+                  model.LABEL_SPEC: self._hash(spec)}
         self._report(spec.id, model.STARTING)
         env = dict(spec.env)
         if spec.gpus:
@@ -324,6 +389,8 @@ class Reconciler:
             volume_labels={model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id},
             healthcheck=spec.healthcheck, stop_grace_period=spec.stop_grace_period,
             cpu_limit=spec.cpu_limit, memory_limit=spec.memory_limit)
+        if before_start is not None:
+            before_start()
         try:
             self.docker.start(cid)
         except DockerError as exc:

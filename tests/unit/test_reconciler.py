@@ -311,15 +311,47 @@ def test_removed_containers_get_their_own_grace_period(grace: float | None, expe
     assert [c["options"]["stop_grace_period"] for c in docker.containers.values()] == [5.0]
 
 
-def test_stop_first_on_one_host_starts_the_new_instance_after_the_old_one_is_gone(
+def test_stop_first_on_one_host_starts_the_new_instance_after_the_old_one_has_stopped(
         env: tuple[FakeDocker, Reconciler, Clock]) -> None:
-    """An update replaced slot 1's instance on this host: never two containers of one slot at once."""
+    """An update replaced slot 1's instance on this host: never two processes of one slot at once.
+    One pass does it all: the old one stops (the new one is created meanwhile), the new one
+    starts, the old one is removed."""
     docker, rec, _ = env
     rec.set_desired(DesiredSet(1, [spec("old")]))
     rec.run_once(wait=True)
+    (old,) = docker.containers
     rec.set_desired(DesiredSet(2, [spec("new")]))  # same service, same slot
     rec.run_once(wait=True)
-    assert [c["name"] for c in docker.containers.values()] == []  # the old one went; the new one waited
-    rec.run_once(wait=True)
-    assert [c["name"] for c in docker.containers.values()] == ["web.1.new"]
+    (new,) = docker.containers
+    assert docker.containers[new]["name"] == "web.1.new" and docker.containers[new]["state"] == "running"
+    assert docker.calls.index(("stop", old)) < docker.calls.index(("start", new)) < docker.calls.index(("remove", old))
     assert [name for op, name in docker.calls if op == "create"] == ["web.1.old", "web.1.new"]
+    assert states(rec) == {"new": "running"}
+
+
+def test_stop_first_removes_the_old_one_even_if_the_new_one_cannot_start(
+        env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("old")]))
+    rec.run_once(wait=True)
+    docker.fail_create = "no space left on device"
+    rec.set_desired(DesiredSet(2, [spec("new")]))
+    rec.run_once(wait=True)
+    assert docker.containers == {}
+    assert states(rec) == {"new": "failed"}
+    docker.fail_create = ""
+    rec.run_once(wait=True)  # later: an ordinary start
+    assert [c["name"] for c in docker.containers.values()] == ["web.1.new"] and states(rec) == {"new": "running"}
+
+
+def test_a_settled_pass_gives_the_pool_no_work(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a"), spec("b", 2)]))
+    rec.run_once(wait=True)
+    inspected: list[str] = []
+    real = docker.inspect_container
+    docker.inspect_container = lambda cid: inspected.append(cid) or real(cid)  # type: ignore[method-assign]
+    submitted: list[object] = []
+    rec._pool.submit = lambda *a, **k: submitted.append(a)  # type: ignore[method-assign]
+    rec.run_once(wait=True)
+    assert submitted == [] and inspected == []
