@@ -56,8 +56,11 @@ def status(body: Heartbeat, host: HostIdentity = Depends(require_host),
     overlay, refused = _overlay_report(body.facts, body.facts_patch)
     with store_errors():
         came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch, **overlay)
-    if came_back or (statuses and state.services.updating):
+    if came_back:
         state.services.kick()
+    elif statuses and not state.services.kick_instances([s.instance_id for s in statuses]) \
+            and state.services.updating:
+        state.services.kick()  # a grace period or an update's delay runs: a full pass looks
     reply: dict[str, Any] = {"heartbeat_interval": state.heartbeat_interval,
                              "revision": state.store.host_revision(host.id)}
     if refused:
@@ -141,8 +144,11 @@ async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: flo
 def _desired_with_auth(state: ServerState, host_id: str) -> dict[str, Any]:
     """The host's desired set, with pull credentials for the images that need them."""
     desired = state.store.desired_set(host_id).to_dict()
+    auth: dict[str, dict[str, str] | None] = {}  # one look-up per image, not per instance
     for inst in desired["instances"]:
-        inst["registry_auth"] = pull_auth(state.store, inst["image"])
+        if inst["image"] not in auth:
+            auth[inst["image"]] = pull_auth(state.store, inst["image"])
+        inst["registry_auth"] = auth[inst["image"]]
     return desired
 
 

@@ -32,7 +32,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from corral.controllers import rollout
 from corral.images import ImageError, ResolvedImage
@@ -160,6 +160,9 @@ class ServiceController:
         self._lock = threading.Lock()
         self._clean_revision: int | None = None  # nothing was left to do at this revision
         self.on_kick: Callable[[], None] | None = None  # set by the server's reconcile loop
+        self._targets: set[str] = set()  # services kicked on their own (an update's instance changed)
+        self._rolling_ids: dict[str, frozenset[str]] = {}  # services being updated -> their instances
+        self._targets_lock = threading.Lock()
 
     def kick(self) -> None:
         """Ask for a full reconcile pass soon (hosts joined, went down or came back; an update's
@@ -169,6 +172,35 @@ class ServiceController:
             self.on_kick()
         else:
             self.reconcile_all()
+
+    def kick_instances(self, instance_ids: list[str]) -> bool:
+        """Instances reported a change: the services being updated that own them are reconciled
+        at once, on their own (a slot of a rolling update moves on as soon as its instance is
+        ready, not at the next full pass).  False if none of them is part of an update."""
+        with self._targets_lock:
+            names = {name for name, ids in self._rolling_ids.items() if not ids.isdisjoint(instance_ids)}
+            self._targets |= names
+        if not names:
+            return False
+        if self.on_kick is not None:
+            self.on_kick()
+        else:
+            self.reconcile_targets()
+        return True
+
+    def take_targets(self) -> set[str]:
+        with self._targets_lock:
+            names, self._targets = self._targets, set()
+        return names
+
+    def full_pass_wanted(self) -> bool:
+        """A full pass was asked for (kick), or something time-based is due."""
+        return self._forced or (self._wake_at is not None and self._store.clock() >= self._wake_at)
+
+    def reconcile_targets(self, names: set[str] | None = None) -> None:
+        """Reconcile the services kicked on their own (each alone: one read of the fleet, one plan)."""
+        for name in sorted(self.take_targets() if names is None else names):
+            self.reconcile(name)
 
     def _read(self) -> Fleet:
         revision = self._store.cluster_revision()  # first: rows newer than it only make a plan stale
@@ -211,11 +243,12 @@ class ServiceController:
         try:
             service = self._store.get_service(name)
         except NotFoundError:
+            self._watch(name, None)
             return
         if service.resolution is None and self._images is not None and not self._resolve(service):
             return
         with self._lock:
-            changed, _ = self._place_retrying(name, self._read())
+            changed, _ = self._place_retrying(name, self._read(), reread=False)
         if changed:
             self._notify(changed)
 
@@ -229,15 +262,16 @@ class ServiceController:
         self._store.set_resolution(service.id, resolved.to_dict())
         return True
 
-    def _place_retrying(self, name: str, fleet: Fleet) -> tuple[list[str] | None, Fleet]:
-        """Plan and apply one service; returns (hosts changed or None if it gave up, fleet to go on with)."""
+    def _place_retrying(self, name: str, fleet: Fleet, reread: bool = True) -> tuple[list[str] | None, Fleet]:
+        """Plan and apply one service; returns (hosts changed or None if it gave up, fleet to go on
+        with: read again after a change, if ``reread``)."""
         for _ in range(MAX_ATTEMPTS):
             try:
                 changed = self._place(name, fleet)
             except StaleRevision:
                 fleet = self._read()
                 continue
-            return changed, (self._read() if changed else fleet)
+            return changed, (self._read() if changed and reread else fleet)
         log.warning("service %s: the cluster kept changing during %d plans; retrying later", name, MAX_ATTEMPTS)
         return None, self._read()
 
@@ -253,9 +287,11 @@ class ServiceController:
         if roll.rollback:
             self._store.rollback_service(service.name, (roll.state or {}).get("message") or "an instance failed")
             return []
-        if roll.wake_at is not None or (service.update_state or {}).get("state") in rollout.ACTIVE:
+        active = (service.update_state or {}).get("state") in rollout.ACTIVE
+        if roll.wake_at is not None or active:
             self._due(roll.wake_at if roll.wake_at is not None else now + 1.0)
             self._rolling = self._rolling or roll.wake_at is None  # moved on by status reports, not time
+        self._watch(service.name, instances if active else None)
         gone = [i.id for i in instances if self._lost(i, hosts, now)]
         replicas: int | None = None
         if req.mode == "global":
@@ -290,8 +326,19 @@ class ServiceController:
         if not add and not remove and service.pending_reason == result.reason and state is None and \
                 (replicas is None or replicas == service.replicas):
             return []
-        return self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas,
-                                              expect_revision=fleet.revision, update_state=state, event=event)
+        changed = self._store.apply_service_plan(service.id, add, remove, result.reason, replicas=replicas,
+                                                 expect_revision=fleet.revision, update_state=state, event=event)
+        if add and (state or service.update_state or {}).get("state") in rollout.ACTIVE:
+            self._watch(service.name, [*instances, *(a.spec for a in add)])
+        return changed
+
+    def _watch(self, name: str, instances: list[Any] | None) -> None:
+        """Remember the instances of a service being updated (their reports kick it), or forget it."""
+        with self._targets_lock:
+            if instances is None:
+                self._rolling_ids.pop(name, None)
+            else:
+                self._rolling_ids[name] = frozenset(i.id for i in instances)
 
     def _lost(self, inst: InstanceRow, hosts: dict[str, HostRow], now: float) -> bool:
         """An instance on a host that has been down longer than its grace period (then it is replaced)."""

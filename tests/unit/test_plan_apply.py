@@ -165,3 +165,91 @@ class _Pinned:
 
     def forget(self, registry: str) -> None:
         return None
+
+
+def _report_running(store: Store, service: str | None = None) -> list[str]:
+    """Every instance (of ``service``) runs: what the agents would report.  Returns their ids."""
+    from corral.model import InstanceStatus
+
+    ids = {s.id for s in store.list_services() if service is None or s.name == service}
+    per_host: dict[str, list[InstanceStatus]] = {}
+    for inst in store.list_instances():
+        if inst.service_id in ids:
+            per_host.setdefault(inst.host_id, []).append(
+                InstanceStatus(inst.id, "running", 0.0, "c" + inst.id, None, "", 0, ""))
+    for host_id, statuses in per_host.items():
+        store.heartbeat(host_id, None, statuses)
+    return [st.instance_id for sts in per_host.values() for st in sts]
+
+
+def test_a_report_from_an_updating_instance_moves_only_its_service_on(url: str) -> None:
+    """Status reports of a rolling update's instances reconcile that service at once, alone."""
+    store = Store(open_engine(url))
+    store.create_host("a", dict(FACTS), {}, "h" * 64)
+    store.create_service("web", {"image": "busybox"}, 4)
+    store.create_service("api", {"image": "busybox"}, 1)
+    notified: list[list[str]] = []
+    controller = ServiceController(store, notified.append)
+    controller.reconcile_all()
+    _report_running(store)
+    store.update_service("web", {"image": "busybox:2", "update_config": {"parallelism": 2}})
+    controller.reconcile("web")  # as the API does: the first two slots start
+    web = store.get_service("web")
+    new = [i.id for i in store.list_instances(web.id) if i.spec_version == web.version]
+    assert len(new) == 2
+    store.set_replicas("api", 2)  # a change only a full pass (or api's own reconcile) would apply
+    api_instances = [i.id for i in store.list_instances(store.get_service("api").id)]
+    assert not controller.kick_instances(api_instances), "api is not being updated"
+    _report_running(store, "web")
+    notified.clear()
+    assert controller.kick_instances(new[:1])
+    assert notified, "the hosts were woken"
+    assert sum(i.spec_version == web.version for i in store.list_instances(web.id)) == 4, "the next two slots"
+    assert len(store.list_instances(store.get_service("api").id)) == 1, "api was not reconciled"
+    for _ in range(2):
+        controller.kick_instances(_report_running(store, "web"))
+    assert (store.get_service("web").update_state or {}).get("state") == "completed"
+    assert not controller.kick_instances(_report_running(store, "web")), "done: no longer watched"
+
+
+def test_a_targeted_pass_replans_on_a_stale_revision(url: str) -> None:
+    """A change that lands between a targeted pass's read and its apply makes it read and plan again."""
+    store = Store(open_engine(url))
+    for n in range(3):  # room for 6 instances of 0.5 CPU
+        store.create_host(f"h{n}", {**FACTS, "cpus": 1}, {}, "h" * 64)
+    spec = {"image": "busybox", "reservations": {"cpu": 0.5}, "update_config": {"parallelism": 2}}
+    store.create_service("web", dict(spec), 4)
+    controller = ServiceController(store, lambda _hosts: None)
+    controller.reconcile_all()
+    store.create_service("api", {"image": "busybox", "reservations": {"cpu": 0.5}}, 2)
+    store.update_service("web", {**spec, "image": "busybox:2"})
+    controller.reconcile("web")
+    ids = _report_running(store, "web")
+    other = ServiceController(Store(open_engine(url)), lambda _hosts: None)  # another replica
+    real_read = controller._read
+    raced = []
+
+    def read_then_race() -> object:
+        fleet = real_read()
+        if not raced:
+            raced.append(True)
+            other.reconcile("api")  # takes the CPU the stale plan would have used
+        return fleet
+    controller._read = read_then_race  # type: ignore[method-assign]
+    stale: list[StaleRevision] = []
+    real_apply = store.apply_service_plan
+
+    def apply(*args: object, **kw: object) -> list[str]:
+        try:
+            return real_apply(*args, **kw)  # type: ignore[arg-type]
+        except StaleRevision as exc:
+            stale.append(exc)
+            raise
+    store.apply_service_plan = apply  # type: ignore[method-assign]
+    controller.kick_instances(ids)
+    instances = store.list_instances()
+    assert stale, "the first plan was refused"
+    assert raced and max(Counter(i.host_id for i in instances).values()) <= 2, "no host over its 1 CPU"
+    web = store.get_service("web")
+    slots = [i.slot for i in instances if i.service_id == web.id and i.spec_version == web.version]
+    assert len(slots) == len(set(slots)) == 4, "the second pair of slots placed, once each"
