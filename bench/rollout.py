@@ -29,11 +29,17 @@ Everything runs on this machine, on real processes, in one run:
   and every replaced container would wait out the 10 s stop grace period).
 - Where the time goes: the engines' own event streams (``GET /events`` for the service's
   containers, after each run) give every container's create/start and every old container's
-  kill/destroy. Corral's updates run in lock-step batches, so the bench splits its time into
-  reaction (API call -> first container created), per-batch engine work, batch hand-offs
-  (last start of batch k -> first create of batch k+1; split with the agents' "desired set
-  revision" log lines into "report + server pass + delivery" and "agent pass to create") and
-  the tail (last start -> the poll saw "completed").
+  kill/die/destroy. Both sides update as a sliding window of ``parallelism`` slots (a slot takes
+  the next old instance as soon as its new one runs), so the bench splits a slot's cycle into
+  the engine's create -> start of the new container and the hand-off: the j-th new container
+  started -> the (j+P)-th new container created (P = parallelism), which for Corral it splits
+  with the agents' "desired set revision" log lines into "status report + server pass +
+  delivery" and "agent pass -> create". For stop-first it also gives how long a new container
+  waited for its slot's old one to stop (old die -> new start). CPU: the machine's busy
+  core-seconds during each timed update (from /proc/stat), and those of the Corral server, the
+  agents, the engines (dockerd, containerd) and everything else (other processes on this
+  machine, and short-lived ones such as runc): the machine is shared, and both sides are
+  CPU-bound on a small one.
 - Gap: a separate Corral service (``--gap-replicas``, default 12) runs ``httpd`` serving that
   index.html and publishes port ``--port`` (ingress, the default mode) to target 8000. A probe
   process inside ``crl-bench-ro1`` (loopback only) sends HTTP requests in a tight, bounded loop
@@ -343,8 +349,13 @@ def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def _slot_key(name: str) -> str:
+    """SERVICE.SLOT of a container name (Corral: SERVICE.SLOT.INSTANCE, Swarm: SERVICE.SLOT.TASK)."""
+    return ".".join(name.lstrip("/").split(".")[:2])
+
+
 def analyse(timeline: dict[str, dict[str, Any]], new_digest: str, t0: float, total: float,
-            parallelism: int, lockstep: bool, desired_at: dict[str, list[float]]) -> dict[str, Any]:
+            parallelism: int, desired_at: dict[str, list[float]]) -> dict[str, Any]:
     """Split one update's wall time (t0: Unix time of the API/CLI call) using engine events."""
     end = t0 + total
     new = sorted((c for c in timeline.values() if new_digest in c["image"] and "create" in c),
@@ -372,44 +383,32 @@ def analyse(timeline: dict[str, dict[str, Any]], new_digest: str, t0: float, tot
     for c in new:
         per_host[c["host"]] = per_host.get(c["host"], 0) + 1
     out["new_per_engine"] = per_host
-    if lockstep and parallelism > 0:
-        batches = [new[i:i + parallelism] for i in range(0, len(new), parallelism)]
-        rows = []
-        for k, b in enumerate(batches):
-            first_create = b[0]["create"]
-            last_start = max(c.get("start", first_create) for c in b)
-            row = {"batch": k + 1, "size": len(b), "first_create_s": first_create - t0,
-                   "last_start_s": last_start - t0, "engine_s": last_start - first_create,
-                   "create_spread_s": b[-1]["create"] - first_create,  # first -> last create of the batch
-                   "slowest_create_to_start_s": max(c.get("start", first_create) - c["create"] for c in b),
-                   "per_engine": {h: sum(1 for c in b if c["host"] == h) for h in sorted({c["host"] for c in b})}}
-            if k + 1 < len(batches):
-                nxt = batches[k + 1][0]
-                row["handoff_s"] = nxt["create"] - last_start
-                # the newest desired set that agent had received before it created the next batch's first one
-                arrivals = [d for d in desired_at.get(nxt["host"], []) if last_start < d <= nxt["create"]]
-                if arrivals:
-                    row["handoff_to_desired_s"] = max(arrivals) - last_start  # report + server pass + delivery
-                    row["handoff_desired_to_create_s"] = nxt["create"] - max(arrivals)  # agent: save, pass, create
-            rows.append(row)
-        out["batches"] = rows
-        hand = [r["handoff_s"] for r in rows if "handoff_s" in r]
-        out["batch_count"] = len(rows)
-        out["batch_engine_median_s"] = median([r["engine_s"] for r in rows])
-        out["batch_engine_sum_s"] = sum(r["engine_s"] for r in rows)
-        out["handoff_median_s"] = median(hand)
-        out["handoff_max_s"] = max(hand) if hand else None
-        out["handoff_sum_s"] = sum(hand)
-        out["handoff_to_desired_median_s"] = median([r["handoff_to_desired_s"] for r in rows
-                                                     if "handoff_to_desired_s" in r])
-        out["handoff_desired_to_create_median_s"] = median([r["handoff_desired_to_create_s"] for r in rows
-                                                            if "handoff_desired_to_create_s" in r])
+    if parallelism > 0 and len(new) > parallelism:
+        creates = sorted(c["create"] for c in new)
+        starts_sorted = sorted(starts)
+        handoffs, to_desired, desired_to_create = [], [], []
+        by_create = sorted(new, key=lambda c: c["create"])
+        for j in range(min(len(starts_sorted), len(creates)) - parallelism):
+            started, nxt = starts_sorted[j], by_create[j + parallelism]
+            handoffs.append(nxt["create"] - started)
+            arrivals = [d for d in desired_at.get(nxt["host"], []) if started < d <= nxt["create"]]
+            if arrivals:
+                to_desired.append(max(arrivals) - started)  # report + server pass + delivery
+                desired_to_create.append(nxt["create"] - max(arrivals))  # agent: save, pass, create
+        out["handoff_median_s"] = median(handoffs)
+        out["handoff_mean_s"] = sum(handoffs) / len(handoffs) if handoffs else None
+        out["handoff_to_desired_median_s"] = median(to_desired)
+        out["handoff_desired_to_create_median_s"] = median(desired_to_create)
         out["desired_sets_per_agent"] = {h: sum(1 for d in ts if t0 < d <= end) for h, ts in desired_at.items()}
-        out["batch_create_spread_median_s"] = median([r["create_spread_s"] for r in rows])
-        out["batch_slowest_median_s"] = median([r["slowest_create_to_start_s"] for r in rows])
         first_desired = [d for d in desired_at.get(new[0]["host"], []) if t0 < d <= new[0]["create"]]
         if first_desired:
-            out["reaction_to_desired_s"] = max(first_desired) - t0  # POST, registry lookup, plan, delivery
+            out["reaction_to_desired_s"] = max(first_desired) - t0  # POST, plan, delivery
+    # stop-first: how long a new container's start waited for its slot's old one to stop
+    old_die = {_slot_key(c["name"]): c["die"] for c in old if "die" in c}
+    waits = [c["start"] - old_die[_slot_key(c["name"])] for c in new
+             if "start" in c and _slot_key(c["name"]) in old_die and old_die[_slot_key(c["name"])] < c["start"]]
+    if waits:
+        out["old_die_to_new_start_median_s"] = median(waits)
     return out
 
 
@@ -430,6 +429,57 @@ def desired_arrivals(paths: dict[str, Path], since: float) -> dict[str, list[flo
                         times.append(t)
         times.sort()
     return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system seconds) of a live process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_busy() -> float:
+    """Busy core-seconds of the whole machine since boot (all but idle and iowait)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICK
+
+
+class CpuMeter:
+    """CPU used during one timed update: the machine's busy core-seconds, and those of the Corral
+    server, its agents, and the engines of the bench's hosts (dockerd and its containerd)."""
+
+    def __init__(self, server_pid: int | None, agent_pids: list[int], hosts: list[NetnsHost]) -> None:
+        self.groups: dict[str, set[int]] = {"corral server": {server_pid} if server_pid else set(),
+                                            "corral agents": set(agent_pids), "engines": set()}
+        for h in hosts:
+            with contextlib.suppress(OSError, ValueError):
+                self.groups["engines"].add(int((h.run_dir / "dockerd.pid").read_text().strip()))
+        engines = set(self.groups["engines"])
+        for d in os.listdir("/proc"):  # each dockerd's containerd
+            info = _proc_cpu(int(d)) if d.isdigit() else None
+            if info is not None and info[0] in engines:
+                with contextlib.suppress(OSError):
+                    if "containerd" in Path(f"/proc/{d}/comm").read_text():
+                        self.groups["engines"].add(int(d))
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {"machine": _machine_busy()}
+        for name, pids in self.groups.items():
+            out[name] = sum(info[1] for pid in pids if (info := _proc_cpu(pid)) is not None)
+        return out
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        used = {k: round(end[k] - self._start.get(k, 0.0), 2) for k in end}
+        used["rest"] = round(used["machine"] - sum(v for k, v in used.items() if k != "machine"), 2)
+        return used
 
 
 def milestones(progress: list[tuple[float, int]], replicas: int) -> dict[str, float | None]:
@@ -807,24 +857,28 @@ def report(out: dict[str, Any]) -> None:
     print("  in flight: new containers between create and start at once, on average over the update;")
     print("  busy: time some engine was creating/starting/stopping one of them; idle: total - busy;")
     print("  tail: last new container started -> the poll saw the update done")
+    print(f"  hand-off: the j-th new container started -> the (j+{m['parallelism']})-th created (a slot moving on); "
+          "old die>new start: stop-first, a new container's start after its slot's old one stopped")
+    print(f"{'run':<20} {'hand-off':>8} {'old die>new start':>17}   CPU core-s during the update (load at its start)")
+    for order in m["orders"]:
+        for side in ("corral", "swarm"):
+            r = out["runs"][order][side]
+            a = r.get("analysis") or {}
+            cpu = r.get("cpu_core_s") or {}
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k != "machine" and (v or side == "corral"))
+            print(f"{side + ' ' + order:<20} {fmt(a.get('handoff_median_s'), 8, 3)} "
+                  f"{fmt(a.get('old_die_to_new_start_median_s'), 17, 3)}   "
+                  f"machine {cpu.get('machine', 0):.1f} ({parts}) (load {r.get('load_at_start', '-')})")
     for order in m["orders"]:
         a = out["runs"][order]["corral"].get("analysis") or {}
-        if a.get("batches"):
-            print(f"Corral {order}: {a['batch_count']} lock-step batches; engine work per batch "
-                  f"(first create -> last start) median {fmt(a['batch_engine_median_s'], 0)} s, "
-                  f"sum {fmt(a['batch_engine_sum_s'], 0)} s; hand-off (last start of a batch -> first create "
-                  f"of the next) median {fmt(a['handoff_median_s'], 0, 3)} s, max {fmt(a['handoff_max_s'], 0, 3)} s, "
-                  f"sum {fmt(a['handoff_sum_s'], 0)} s")
-            print(f"  per batch (medians): creates spread over {fmt(a.get('batch_create_spread_median_s'), 0, 3)} s, "
-                  f"slowest create -> start {fmt(a.get('batch_slowest_median_s'), 0, 3)} s")
-            print(f"  hand-off split by the agents' 'desired set' log lines (medians): status report + server "
-                  f"pass + delivery {fmt(a.get('handoff_to_desired_median_s'), 0, 3)} s; agent pass -> create "
-                  f"{fmt(a.get('handoff_desired_to_create_median_s'), 0, 3)} s; first batch: call -> desired set "
-                  f"{fmt(a.get('reaction_to_desired_s'), 0, 3)} s")
-            c = out["runs"][order]["corral"]
-            print(f"  desired sets received per agent during the update: {a.get('desired_sets_per_agent')}; "
-                  f"the bench's 100 ms GET of the service took median {fmt(c.get('poll_get_median_s'), 0, 3)} s, "
-                  f"max {fmt(c.get('poll_get_max_s'), 0, 3)} s")
+        c = out["runs"][order]["corral"]
+        if a.get("handoff_median_s") is not None:
+            print(f"Corral {order}: hand-off split by the agents' 'desired set' log lines (medians): status report + "
+                  f"server pass + delivery {fmt(a.get('handoff_to_desired_median_s'), 0, 3)} s; agent pass -> create "
+                  f"{fmt(a.get('handoff_desired_to_create_median_s'), 0, 3)} s; call -> first desired set "
+                  f"{fmt(a.get('reaction_to_desired_s'), 0, 3)} s; desired sets per agent "
+                  f"{a.get('desired_sets_per_agent')}; the bench's 100 ms GET took median "
+                  f"{fmt(c.get('poll_get_median_s'), 0, 3)} s, max {fmt(c.get('poll_get_max_s'), 0, 3)} s")
 
     print()
     if not g:
@@ -930,16 +984,21 @@ def main(argv: list[str] | None = None) -> int:
             log(f"corral {name}: {replicas} running in {d['seconds']:.1f} s {d['per_host']}; updating {order}")
             time.sleep(1.0)  # let the deploy's last status reports settle
             taps = Taps(hosts)
+            meter = CpuMeter(server.proc.pid if server.proc else None,
+                             [a.proc.pid for a in agents if a.proc is not None], hosts)
             try:
                 u = corral.update(name, v2, {**cfg_base, "order": order}, replicas, update_timeout)
             finally:
+                u_cpu = meter.stop()
                 ev = taps.close()
+            u["cpu_core_s"] = u_cpu
+            u["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
             if not u["done"]:
                 raise BenchError(f"corral update {order} not done after {u['waited_s']:.0f} s: {u['final_update']}")
             pulls.append(pull_count(ev))
             ev = service_events(ev, "io.corral.service", name)
             u["analysis"] = analyse(container_timeline(ev), images["v2"].index_digest, u["t0_wall"], u["total_s"],
-                                    parallelism, True, desired_arrivals(agent_logs, u["t0_wall"]))
+                                    parallelism, desired_arrivals(agent_logs, u["t0_wall"]))
             u["deploy"] = d
             log(f"corral {order}: {u['total_s']:.2f} s")
             corral.remove(name)
@@ -951,16 +1010,20 @@ def main(argv: list[str] | None = None) -> int:
             log(f"swarm {name}: {replicas} running in {d['seconds']:.1f} s; updating {order}")
             time.sleep(1.0)
             taps = Taps(hosts)
+            meter = CpuMeter(None, [], hosts)
             try:
                 u = swarm.update(name, v2, parallelism, order, args.monitor, replicas, update_timeout)
             finally:
+                u_cpu = meter.stop()
                 ev = taps.close()
+            u["cpu_core_s"] = u_cpu
+            u["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
             if not u["done"]:
                 raise BenchError(f"swarm update {order} not done after {u['waited_s']:.0f} s")
             pulls.append(pull_count(ev))
             ev = service_events(ev, "com.docker.swarm.service.name", name)
             u["analysis"] = analyse(container_timeline(ev), images["v2"].index_digest, u["t0_wall"], u["total_s"],
-                                    parallelism, False, {})
+                                    parallelism, {})
             u["deploy"] = d
             log(f"swarm {order}: {u['total_s']:.2f} s")
             swarm.remove(name)

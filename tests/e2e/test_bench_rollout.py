@@ -44,10 +44,17 @@ def test_rollout_bench_quick_reports_sane_json(registry: str) -> None:
             assert 0 <= a["last_start_s"] <= side["total_s"] + 0.01
         assert run["ratio"] == pytest.approx(c["total_s"] / s["total_s"])
         assert c["final_update"]["state"] == "completed" and c["final_running"] == 12
-        assert c["analysis"]["batch_count"] == 3  # 12 replicas, parallelism 4: three lock-step batches
+        # a sliding window of 4 slots over 12 replicas: 8 hand-offs (a slot moving on to the next)
+        assert c["analysis"]["handoff_median_s"] is not None and s["analysis"]["handoff_median_s"] is not None
+        for side in (c, s):
+            cpu = side["cpu_core_s"]
+            assert cpu["machine"] > 0 and set(cpu) >= {"corral server", "corral agents", "engines", "rest"}
+        assert c["cpu_core_s"]["corral server"] > 0 and c["cpu_core_s"]["corral agents"] > 0
+        if order == "stop-first":  # every new container started after its slot's old one stopped
+            assert c["analysis"]["old_die_to_new_start_median_s"] > 0
         assert f"faster_than_swarm_{order}" in res["goals"]
     assert "Corral/Swarm" in p.stdout and "goal: faster than Swarm (stop-first)" in p.stdout
-    assert "PRE-PULLED" in p.stdout
+    assert "PRE-PULLED" in p.stdout and "CPU core-s during the update" in p.stdout
 
     gap = res["gap"]
     assert gap["requests"] > 0 and gap["answers"] + gap["failures"] == gap["requests"]
