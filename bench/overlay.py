@@ -1,55 +1,82 @@
 #!/usr/bin/env python3
-"""Overlay baseline: TCP throughput and ping RTT on the underlay and across bare wireguard-go.
+"""Overlay: TCP throughput and ping RTT on the underlay, across bare wireguard-go, and across Corral.
 
-The first half of the overlay benchmark (issue 6). It measures the ceiling that an overlay
-built on WireGuard can reach on this machine, before Corral adds anything. Everything runs
-here on real kernel networking. Traffic goes only to addresses inside the namespaces that
-this bench creates.
+The overlay benchmark of issue 6: container to container across the Corral overlay, against
+host to host on the underlay and host to host across a bare wireguard-go tunnel, all between
+the same network namespaces over the same veths. Goal: Corral's throughput at least 80 % of
+the bare tunnel's. Everything runs here on real kernel networking, with a real
+``corral server`` and real agents. Traffic goes only to loopback and to addresses inside the
+namespaces that this bench creates; the only image is ``127.0.0.1:5000/corral/nettool:1``.
 
-- Underlay ``ob`` (``testbed.underlay``): public hosts ``a`` and ``b`` on one switch
-  (10.231.0.0/24), and host ``n`` behind the NAT router ``nat1`` (MASQUERADE, LAN
-  10.232.1.0/24). Namespaces ``crl-ul-ob``, ``crl-ul-ob-{a,b,n,nat1}``.
+- Corral hosts (the recipe of tests/e2e/test_overlay.py's ``bed``): a ``corral server``
+  (``testbed.cluster.ServerProc``, ``--heartbeat-interval 1 --down-after 4``, SQLite in a temp
+  dir) and three ``testbed.netns.NetnsHost`` ``obha``, ``obhb``, ``obhn`` (namespaces
+  ``crl-obh{a,b,n}``, each with its own dockerd, docker bridge index 221..223: the e2e tests
+  count up from 1, the other benches use 201..213). Each engine pulls the nettool image.
+- Underlay ``ob`` (``testbed.underlay``), attached to those three namespaces: public hosts
+  ``a`` (obha) and ``b`` (obhb) on one switch (10.231.0.0/24), and ``n`` (obhn) behind the
+  NAT router ``nat1`` (MASQUERADE, LAN 10.232.1.0/24). Namespaces of its own: the switch
+  ``crl-ul-ob`` and the router ``crl-ul-ob-nat1``. (``--no-corral``: no server, no dockerd,
+  and the hosts are fresh namespaces ``crl-ul-ob-{a,b,n}`` instead.)
 - Bare wireguard-go: one interface per host (``obwg-a``, ``obwg-b``, ``obwg-n``: the UAPI
   socket path is machine-wide, so names must differ), created and configured with
   ``corral.agent.wireguard.WireGuard`` and ``netns_runner``. Keys are generated in each
   namespace. Tunnel addresses are 10.239.0.1/2/3 (/24), MTU ``--mtu`` (default 1420, the
-  agent's), port 51820. ``a`` and ``b`` know each other's endpoints. ``n`` knows ``a``'s and
-  keeps the NAT mapping open with a 1 s persistent keepalive. ``a`` learns ``n``'s endpoint
-  from its handshake. No Corral server or agent runs: this is the raw tunnel.
-- Two pairs, each measured on two paths:
-  - ``public``: ``a`` → ``b``, on the underlay (to 10.231.0.2) and through the tunnel (to
-    10.239.0.2);
+  agent's), port 51821 (Corral's interface in the same namespace has 51820). ``a`` and ``b``
+  know each other's endpoints. ``n`` knows ``a``'s and keeps the NAT mapping open with a 1 s
+  persistent keepalive. ``a`` learns ``n``'s endpoint from its handshake. No Corral in it.
+- Corral: one agent per host (``AgentProc``, overlay on, ``--overlay-endpoint`` its underlay
+  address:51820, ``--overlay-interface wgobh{a,b,n}``, ``--overlay-probe-every 2``). The bench
+  waits until ``GET /api/v1/network`` shows every host with all its peers ``up``, then creates
+  one service per host (``nettool-{a,b,n}``: the nettool image, 1 replica,
+  ``node.hostname==obh…``, a shell loop that idles and exits on TERM) and reads each
+  container's overlay address (``NetworkSettings.Networks.corral.IPAddress``). The agent's
+  network ``corral`` (bridge ``corral-br``) and its WireGuard interface both have MTU 1420.
+- Two pairs, each measured on three paths:
+  - ``public``: ``a`` → ``b``: on the underlay (to 10.231.0.2), through the bare tunnel (to
+    10.239.0.2), and from a's container to b's container by overlay address (10.42.x.2);
   - ``nat``: ``n`` → ``a`` (the NATed side is the client: it is the one that can open
-    connections), on the underlay through the NAT (to 10.231.0.1) and through the tunnel
-    (to 10.239.0.1).
+    connections), the same three ways.
 - Each path (:func:`measure_path`): ``--pings`` pings (default 50) every
   ``--ping-interval`` s (default 0.05) from the client side, giving RTT p50/p99 and loss.
   Then an iperf3 TCP test for ``--seconds`` (default 10): a one-off server ``iperf3 -s -1``
   on the server side, and ``iperf3 -c TARGET -t S -J`` on the client side (one stream,
   client → server). The throughput is the receiver's figure. Around the iperf3 run, the
-  bench also samples the CPU time of the wireguard-go processes (in cores: 1.0 = one CPU
-  busy for the whole test).
+  bench also samples the CPU time of the wireguard-go processes (bare and Corral's) and of
+  the agents (in cores: 1.0 = one CPU busy for the whole test), and the UDP receive-buffer
+  drops and TCP retransmits of the two hosts' namespaces (where wireguard-go's sockets are).
+  The corral row runs iperf3 and ping in the containers (``docker -H … exec``): the image's
+  iperf3 is Debian's, like the host's, but its ping is busybox's, which takes its timestamps
+  in user space. So that row also pings a second time with this machine's iputils ping
+  inside the container's namespace (``nsenter --net=/proc/PID/ns/net``): the
+  ``rtt_iputils_*`` figures, comparable with the other rows'.
 - ``--rounds`` (default 3; ``--quick`` 1): the paths are measured round-robin, rotating the
   order each round, so machine noise hits all paths alike. Reported: the median throughput
-  over the rounds, and RTT percentiles over all pings pooled. Ratios are tunnel / underlay
-  for each pair.
+  over the rounds, and RTT percentiles over all pings pooled. Ratios: every row / the
+  underlay, Corral / bare wireguard-go, and the verdict "goal ≥ 80 % of bare wireguard-go"
+  (Corral's median throughput / the bare tunnel's, on both pairs; RTT is reported, not judged).
 
-:func:`measure_path` takes argv prefixes, not hosts, so the same function measures
-namespaces (``nsenter --net=/run/netns/X --``) and containers
-(``docker -H unix://… exec CONTAINER``, with ``corral/nettool:1`` from
-``testbed.net_images``). A later "corral overlay" row plugs in as a third path per pair.
+Debian's wireguard-go (0.0.20220316) sets no socket buffer, so its UDP sockets get
+``net.core.rmem_default`` (212992 B here; on this kernel a namespace shows its own copy, but
+writing it there is refused: only the machine-wide value could raise it), and its TUN has no offloads (``vnet_hdr off``: one packet per
+syscall, no GSO/GRO). Both tunnels are limited by that: the receiving wireguard-go drops
+datagrams for a full receive buffer, and TCP retransmits each (``udpdrop`` ≈ ``retr``).
 
-iperf3 here is Debian's ``iperf3`` package on this machine. It runs in the host namespaces
-directly. ``wireguard-go``, ``wg`` (wireguard-tools) and ``ping`` (iputils-ping) must be
-installed too: scripts/install-deps.sh installs them all.
+iperf3 here is Debian's ``iperf3`` package on this machine. ``wireguard-go``, ``wg``
+(wireguard-tools), ``ping`` (iputils-ping) and, for the Corral row, ``docker``/``dockerd``
+(docker.io) must be installed too: scripts/install-deps.sh installs them all.
 
 Run from the repository root (as root)::
 
     /opt/corral-venv/bin/python bench/overlay.py [--seconds 10] [--rounds 3] [--json] [--quick]
+                                                 [--no-corral] [--keep]
 
-``--quick`` (2 s of iperf3, 10 pings, 1 round) is the smoke test. Cleanup on success,
-failure and Ctrl-C/SIGTERM: the WireGuard interfaces are removed (which ends wireguard-go),
-every process left in the namespaces is killed, and the namespaces are deleted.
+``--quick`` (2 s of iperf3, 10 pings, 1 round) is the smoke test (about 30 s on a quiet
+machine, a third of it setting up). ``--keep`` keeps the temp dir with the server and agent logs.
+Cleanup on success, failure and Ctrl-C/SIGTERM: the bare WireGuard interfaces are removed
+(which ends their wireguard-go), the underlay's namespaces deleted (of an attached one only
+its ``ul0``), then the agents and the server stopped, the agents' WireGuard interfaces
+removed, and each NetnsHost stopped (its dockerd, containers and namespace).
 """
 
 from __future__ import annotations
@@ -70,18 +97,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from corral.agent.wireguard import Peer, WireGuard, find_wireguard_go, netns_runner  # noqa: E402
+from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
+from testbed.daemons import ensure_binfmt, ensure_registry  # noqa: E402
+from testbed.net_images import ensure_nettool  # noqa: E402
+from testbed.netns import NetnsHost  # noqa: E402
 from testbed.underlay import Underlay, UnderlayHost  # noqa: E402
 
 UNDERLAY = "ob"
-WG_PORT = 51820
+WG_PORT = 51821  # the bare tunnel's; Corral's own interface in the same namespace has 51820
 TUNNEL_NET = "10.239.0"  # host i gets 10.239.0.i/24 on its WireGuard interface
 HOST_INDEX = {"a": 1, "b": 2, "n": 3}
 NAT_ROUTER = "nat1"
@@ -90,6 +124,17 @@ IPERF_PORT = 5201
 # pair -> (client host, server host); rows per pair, in the order they are printed
 PAIRS: dict[str, tuple[str, str]] = {"public": ("a", "b"), "nat": ("n", "a")}
 BASELINE = "underlay"
+BARE = "wireguard-go"
+CORRAL = "corral"
+GOAL = 0.80  # issue 6: Corral's container-to-container throughput >= 80 % of bare wireguard-go
+# underlay host -> (NetnsHost name, its docker bridge index). High indices: the e2e tests count
+# up from 1 and the other benches use 201..213. The names are the agents' host names too.
+CORRAL_HOSTS: dict[str, tuple[str, int]] = {"a": ("obha", 221), "b": ("obhb", 222),
+                                            "n": ("obhn", 223)}
+CORRAL_SERVER_ARGS = ["--heartbeat-interval", "1", "--down-after", "4"]
+CORRAL_WG_PORT = 51820
+# the containers idle (iperf3 -s and ping run in them by docker exec) and exit at once on TERM
+IDLE_CMD = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1 & wait; done']
 TOOLS = {"iperf3": "iperf3", "wireguard-go": "wireguard-go", "wg": "wireguard-tools",
          "ping": "iputils-ping", "nsenter": "util-linux", "ip": "iproute2",
          "iptables": "iptables"}
@@ -109,6 +154,11 @@ def log(msg: str) -> None:
 
 def ifname(host: str) -> str:
     return f"obwg-{host}"
+
+
+def corral_ifname(host: str) -> str:
+    """The agent's WireGuard interface on ``host`` (``wgobha``: machine-wide unique too)."""
+    return f"wg{CORRAL_HOSTS[host][0]}"
 
 
 def tunnel_address(host: str) -> str:
@@ -339,11 +389,16 @@ def measure_path(name: str, client_argv_prefix: Sequence[str],
 
 @dataclasses.dataclass
 class Testbed:
-    """The underlay with three hosts and a bare wireguard-go mesh (see the module doc)."""
+    """The underlay with three hosts and a bare wireguard-go mesh (see the module doc).
+
+    ``namespaces``: underlay host -> an existing network namespace (a NetnsHost's, where
+    Corral runs) to attach instead of making a fresh one, so every row of the bench runs
+    between the same namespaces over the same veths."""
 
     underlay: Underlay
     keys: Path
     mtu: int
+    namespaces: dict[str, str] = dataclasses.field(default_factory=dict)
     wg: dict[str, WireGuard] = dataclasses.field(default_factory=dict)
     pub: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -353,9 +408,12 @@ class Testbed:
     def build(self) -> None:
         ul = self.underlay
         ul.create()
-        ul.add_host("a")
-        ul.add_host("b")
-        ul.add_host("n", behind=NAT_ROUTER)
+        for name in HOST_INDEX:
+            behind = NAT_ROUTER if name == "n" else None
+            if name in self.namespaces:
+                ul.attach(self.namespaces[name], name, behind=behind)
+            else:
+                ul.add_host(name, behind=behind)
         for name in HOST_INDEX:
             self.wg[name] = WireGuard(netns_runner(self.host(name).netns_path),
                                       backend="userspace")
@@ -386,16 +444,217 @@ class Testbed:
             if name in self.underlay.hosts and Path(self.host(name).netns_path).exists():
                 with contextlib.suppress(Exception):
                     wg.remove_interface(ifname(name))
-        self.underlay.teardown()  # kills whatever is left in the namespaces, deletes them
+        # kills whatever is left in the namespaces it made and deletes them; of an attached
+        # namespace it removes only ul0
+        self.underlay.teardown()
 
 
-def paths(tb: Testbed) -> list[tuple[str, str, list[str], list[str], str]]:
+class Corral:
+    """A real ``corral server`` and, on underlay hosts a, b and n, a NetnsHost (dockerd) with a
+    real agent that has the overlay on, and one ``corral/nettool:1`` container per host.
+
+    The recipe of tests/e2e/test_overlay.py's ``bed`` fixture. Order: :meth:`start_hosts`
+    (server, namespaces, dockerds: before the underlay, which attaches these namespaces),
+    then, once the underlay is wired, :meth:`start_agents`, :meth:`wait_mesh` and
+    :meth:`start_containers`. :meth:`teardown` undoes whatever of it happened."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.registry = ""
+        self.image = ""
+        self.server: ServerProc | None = None
+        self.hosts: dict[str, NetnsHost] = {}
+        self.agents: dict[str, AgentProc] = {}
+        self.cids: dict[str, str] = {}
+        self.pids: dict[str, int] = {}  # underlay host -> its container's main pid
+        self.addresses: dict[str, str] = {}  # underlay host -> its container's overlay address
+        self.network: dict[str, Any] = {}  # GET /api/v1/network once the mesh was up
+        self.timings: dict[str, float] = {}
+
+    def _timed(self, what: str, t0: float) -> None:
+        self.timings[what] = round(time.monotonic() - t0, 1)
+
+    def start_hosts(self) -> None:
+        t0 = time.monotonic()
+        self.registry = ensure_registry()
+        ensure_binfmt()  # only a cold build of the image needs it (its arm64 smoke check)
+        self.image = ensure_nettool(self.registry)
+        # kept before start(): a signal while it starts must still find it to stop
+        self.server = ServerProc(self.workdir / "server", extra_args=CORRAL_SERVER_ARGS)
+        self.server.start()
+        ports = [self.server.port, int(self.registry.rsplit(":", 1)[1])]
+        for h, (name, index) in CORRAL_HOSTS.items():
+            self.hosts[h] = NetnsHost(name, index, ports)  # kept before start: stopped if half-up
+
+        def up(host: NetnsHost) -> None:
+            host.start()
+            # pulled now, while the other engines start, instead of by the agent later
+            _run(["docker", "-H", host.docker_host, "pull", "-q", self.image], 300)
+
+        with ThreadPoolExecutor(len(self.hosts)) as pool:
+            list(pool.map(up, self.hosts.values()))
+        self._timed("server_and_engines_s", t0)
+
+    def start_agents(self, tb: Testbed) -> None:
+        assert self.server is not None
+        t0 = time.monotonic()
+        join = self.server.join_token()
+        for h, host in self.hosts.items():
+            self.agents[h] = AgentProc(
+                self.server.url, join, self.workdir / f"agent-{host.name}",
+                docker_host=host.docker_host, name=host.name, netns=host, overlay=True,
+                extra_args=["--overlay-endpoint", f"{tb.host(h).address}:{CORRAL_WG_PORT}",
+                            "--overlay-interface", corral_ifname(h),
+                            "--overlay-probe-every", "2"])
+            self.agents[h].start()
+        for agent in self.agents.values():
+            agent.host_id(60)
+        self._timed("agents_joined_s", t0)
+
+    def api_get(self, path: str) -> Any:
+        assert self.server is not None
+        with self.server.client() as c:
+            r = c.get(path)
+            r.raise_for_status()
+            return r.json()
+
+    def _mesh_up(self) -> dict[str, Any]:
+        net = self.api_get("/api/v1/network")
+        names = {h.name for h in self.hosts.values()}
+        if {h["name"] for h in net["hosts"]} != names:
+            return {}
+        for row in net["hosts"]:
+            if not row["overlay"] or row["error"]:
+                return {}
+            peers = {name: p["state"] for name, p in (row["peers"] or {}).items()}
+            if set(peers) != names - {row["name"]} or set(peers.values()) != {"up"}:
+                return {}
+        return dict(net)
+
+    def wait_mesh(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        try:
+            self.network = wait_for(self._mesh_up, timeout, "every Corral host's peers up",
+                                    interval=0.5)
+        except TimeoutError as exc:
+            try:
+                last = json.dumps(self.api_get("/api/v1/network"))[:3000]
+            except Exception as why:  # the server is gone too: say that instead
+                last = f"GET /api/v1/network failed: {why}"
+            raise BenchError(f"{exc}: {last}") from None
+        self._timed("mesh_up_s", t0)
+
+    def service(self, h: str) -> str:
+        return f"nettool-{h}"
+
+    def start_containers(self, timeout: float) -> None:
+        assert self.server is not None
+        t0 = time.monotonic()
+        with self.server.client() as c:
+            for h, host in self.hosts.items():
+                r = c.post("/api/v1/services", json={
+                    "name": self.service(h), "image": self.image, "replicas": 1,
+                    "constraints": [f"node.hostname=={host.name}"], "command": IDLE_CMD})
+                if r.status_code != 201:
+                    raise BenchError(f"POST /api/v1/services {self.service(h)}: "
+                                     f"{r.status_code} {r.text}")
+
+        def running() -> bool:
+            return all(self.api_get(f"/api/v1/services/{self.service(h)}")["running"] == 1
+                       for h in self.hosts)
+
+        try:
+            wait_for(running, timeout, "the nettool containers running", interval=0.5)
+        except TimeoutError as exc:
+            raise BenchError(str(exc)) from None
+        for h, host in self.hosts.items():
+            res = _run(["docker", "-H", host.docker_host, "ps", "-q", "--no-trunc", "--filter",
+                        f"label=io.corral.service={self.service(h)}"], 30)
+            cids = res.stdout.split()
+            if len(cids) != 1:
+                raise BenchError(f"{host.name}: expected one {self.service(h)} container, "
+                                 f"found {cids}")
+            self.cids[h] = cids[0]
+            info = json.loads(_run(["docker", "-H", host.docker_host, "inspect", cids[0]],
+                                   30).stdout)[0]
+            addr = ((info["NetworkSettings"]["Networks"].get("corral") or {})
+                    .get("IPAddress") or "")
+            if not addr:
+                raise BenchError(f"{host.name}: container {cids[0][:12]} has no address on "
+                                 f"the corral network: {info['NetworkSettings']['Networks']}")
+            self.addresses[h] = addr
+            self.pids[h] = int(info["State"]["Pid"])
+        for client, server in PAIRS.values():
+            target = self.addresses[server]
+            ok = False
+            for _ in range(30):  # the first packets may wait for a handshake
+                res = _run([*self.prefix(client), "ping", "-c", "1", "-W", "1", target], 15)
+                if res.returncode == 0:
+                    ok = True
+                    break
+            if not ok:
+                raise BenchError(f"no ping from {client}'s container to {server}'s ({target}) "
+                                 f"across the Corral overlay")
+        self._timed("containers_up_s", t0)
+
+    def prefix(self, h: str) -> list[str]:
+        """The argv prefix for commands in ``h``'s nettool container."""
+        return ["docker", "-H", self.hosts[h].docker_host, "exec", self.cids[h]]
+
+    def netns_prefix(self, h: str) -> list[str]:
+        """``nsenter`` into ``h``'s container's network namespace, with this machine's tools
+        (iputils ping, like the other rows: busybox's ping timestamps in user space)."""
+        return ["nsenter", f"--net=/proc/{self.pids[h]}/ns/net", "--"]
+
+    def wg_pids(self) -> list[int]:
+        return [p for h in self.hosts if (p := find_wireguard_go(corral_ifname(h))) is not None]
+
+    def agent_pids(self) -> list[int]:
+        return [a.proc.pid for a in self.agents.values() if a.proc is not None]
+
+    def link_detail(self, h: str, dev: str) -> str:
+        res = _run(["nsenter", f"--net={self.hosts[h].netns_path}", "--", "ip", "-d", "link",
+                    "show", "dev", dev], 15)
+        return res.stdout
+
+    def teardown(self) -> None:
+        """Agents, server, Corral's WireGuard interfaces, then the namespaces with their
+        dockerds and containers. Best effort: each step runs even if an earlier one failed."""
+        for agent in self.agents.values():
+            with contextlib.suppress(Exception):
+                agent.stop()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.stop()
+        for h, host in self.hosts.items():
+            if Path(host.netns_path).exists():
+                with contextlib.suppress(Exception):
+                    WireGuard(netns_runner(host.netns_path)).remove_interface(corral_ifname(h))
+        errors = []
+
+        def stop(host: NetnsHost) -> None:
+            try:
+                host.stop()
+            except Exception as exc:  # reported; the others still stop
+                errors.append(f"{host.name}: {exc}")
+
+        with ThreadPoolExecutor(max(1, len(self.hosts))) as pool:
+            list(pool.map(stop, self.hosts.values()))
+        if errors:
+            log("teardown: " + "; ".join(errors))
+
+
+def paths(tb: Testbed, corral: Corral | None = None
+          ) -> list[tuple[str, str, list[str], list[str], str]]:
     """(pair, row, client prefix, server prefix, target) for every path measured."""
     out = []
     for pair, (client, server) in PAIRS.items():
         c, s = tb.host(client), tb.host(server)
         out.append((pair, BASELINE, c.prefix(), s.prefix(), s.address))
-        out.append((pair, "wireguard-go", c.prefix(), s.prefix(), tunnel_address(server)))
+        out.append((pair, BARE, c.prefix(), s.prefix(), tunnel_address(server)))
+        if corral is not None:
+            out.append((pair, CORRAL, corral.prefix(client), corral.prefix(server),
+                        corral.addresses[server]))
     return out
 
 
@@ -411,7 +670,7 @@ def summarise(results: list[PathResult]) -> dict[str, Any]:
         for k, v in r.extra.get("cpu_cores", {}).items():
             cores.setdefault(k, []).append(v)
     first = results[0]
-    return {
+    out: dict[str, Any] = {
         "target": first.target,
         "throughput_mbps": statistics.median(r.throughput_mbps for r in results),
         "throughput_min_mbps": min(r.throughput_mbps for r in results),
@@ -430,50 +689,100 @@ def summarise(results: list[PathResult]) -> dict[str, Any]:
         "rtt_min_ms": min(rtts, default=None), "rtt_max_ms": max(rtts, default=None),
         "rounds": [r.to_json() for r in results],
     }
+    also = [r for res in results for r in res.extra.get("rtts_iputils_ms", [])]
+    if any("rtts_iputils_ms" in res.extra for res in results):
+        # the Corral row's second ping series: iputils in the container's namespace
+        out.update(rtt_iputils_p50_ms=percentile(also, 50), rtt_iputils_p99_ms=percentile(also, 99),
+                   pings_iputils_received=len(also))
+    return out
 
 
-def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Every non-baseline row / the baseline: throughput and RTT p50/p99."""
-    base = rows[BASELINE]
+def ratios(rows: dict[str, dict[str, Any]], base_key: str = BASELINE
+           ) -> dict[str, dict[str, float | None]]:
+    """Every other row / the row ``base_key`` (the underlay): throughput and RTT p50/p99."""
+    base = rows[base_key]
     out = {}
     for key, row in rows.items():
-        if key == BASELINE:
+        if key == base_key:
             continue
         out[key] = {m: (row[m] / base[m] if row[m] is not None and base[m] else None)
                     for m in ("throughput_mbps", "rtt_p50_ms", "rtt_p99_ms")}
     return out
 
 
+def goal(paths_: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Issue 6's goal: Corral's throughput >= GOAL x bare wireguard-go's, on every pair."""
+    per_pair = {}
+    for pair, rows in paths_.items():
+        if CORRAL not in rows or BARE not in rows:
+            return None
+        bare = rows[BARE]["throughput_mbps"]
+        per_pair[pair] = rows[CORRAL]["throughput_mbps"] / bare if bare else 0.0
+    return {"threshold": GOAL, "metric": f"throughput {CORRAL} / {BARE}",
+            "ratios": per_pair, "pass": all(r >= GOAL for r in per_pair.values())}
+
+
 def fmt(x: float | None, w: int = 8, p: int = 1) -> str:
     return f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else " " * (w - 1) + "-"
+
+
+def _wg_cores(row: dict[str, Any]) -> float | None:
+    cores = [v for k, v in row["cpu_cores"].items() if "wireguard-go" in k]
+    return sum(cores) if cores else None
 
 
 def report(out: dict[str, Any]) -> None:
     m = out["meta"]
     print()
-    print(f"Overlay baseline: iperf3 TCP {m['seconds']:g} s x {m['rounds']} round(s) (median), "
-          f"{m['pings']} pings every {m['ping_interval']:g} s per round; wireguard-go MTU "
+    print(f"Overlay: iperf3 TCP {m['seconds']:g} s x {m['rounds']} round(s) (median), "
+          f"{m['pings']} pings every {m['ping_interval']:g} s per round; WireGuard MTU "
           f"{m['mtu']}")
+    where = ("every row between the same namespaces (the Corral hosts' NetnsHosts, "
+             "crl-obh{a,b,n})" if m.get("same_namespaces") else
+             "fresh namespaces crl-ul-ob-{a,b,n}; no Corral row")
+    print(f"hosts: {where}")
     print(f"{'pair':7} {'path':13} {'target':11} {'Mbit/s':>9} {'min':>8} {'max':>8} "
           f"{'retr':>6} {'udpdrop':>7} {'RTT p50':>8} {'p99':>8} {'loss':>5} {'wg-go cores':>11}")
     for pair, rows in out["paths"].items():
         for key, r in rows.items():
-            cores = sum(r["cpu_cores"].values()) if r["cpu_cores"] else None
             print(f"{pair:7} {key:13} {r['target']:11} {fmt(r['throughput_mbps'], 9)} "
                   f"{fmt(r['throughput_min_mbps'])} {fmt(r['throughput_max_mbps'])} "
                   f"{r['retransmits']:6.0f} {r['udp_rcvbuf_drops']:7.0f} "
                   f"{fmt(r['rtt_p50_ms'], 8, 3)} "
                   f"{fmt(r['rtt_p99_ms'], 8, 3)} {r['ping_loss'] * 100:4.0f}% "
-                  f"{fmt(cores, 11, 2)}")
+                  f"{fmt(_wg_cores(r), 11, 2)}")
     print("retr: TCP retransmits; udpdrop: UDP datagrams dropped for a full socket receive "
-          "buffer (both ends);\nRTT in ms; wg-go cores: CPU of all wireguard-go processes during "
+          "buffer (both hosts);\nRTT in ms; wg-go cores: CPU of all wireguard-go processes during "
           "the iperf3 run (1.0 = one CPU)")
     for pair, rs in out["ratios"].items():
         for key, r in rs.items():
             print(f"{pair}: {key}/{BASELINE}: throughput {fmt(r['throughput_mbps'], 0, 3)}x, "
                   f"RTT p50 {fmt(r['rtt_p50_ms'], 0, 2)}x, p99 {fmt(r['rtt_p99_ms'], 0, 2)}x")
+    for pair, r in out.get("ratios_vs_wireguard_go", {}).items():
+        c = r.get(CORRAL)
+        if c:
+            print(f"{pair}: {CORRAL}/{BARE}: throughput {fmt(c['throughput_mbps'], 0, 3)}x, "
+                  f"RTT p50 {fmt(c['rtt_p50_ms'], 0, 2)}x, p99 {fmt(c['rtt_p99_ms'], 0, 2)}x")
+    for pair, rows in out["paths"].items():
+        c, b = rows.get(CORRAL, {}), rows.get(BARE, {})
+        if c.get("rtt_iputils_p50_ms") is not None:
+            r50 = (c["rtt_iputils_p50_ms"] / b["rtt_p50_ms"]) if b.get("rtt_p50_ms") else None
+            print(f"{pair}: {CORRAL} RTT with iputils ping in the container's namespace (the other "
+                  f"rows' tool): p50 {fmt(c['rtt_iputils_p50_ms'], 0, 3)} ms, p99 "
+                  f"{fmt(c['rtt_iputils_p99_ms'], 0, 3)} ms; p50 / {BARE} {fmt(r50, 0, 2)}x")
+    g = out.get("goal")
+    if g:
+        detail = ", ".join(f"{k} {v * 100:.0f} %" for k, v in g["ratios"].items())
+        print(f"goal ≥ {g['threshold'] * 100:.0f} % of bare wireguard-go: "
+              f"{'PASS' if g['pass'] else 'FAIL'} (throughput: {detail})"
+              + (" [--quick: one short round, indicative only]" if m["quick"] else ""))
     print(f"wireguard-go: {m['wireguard_go']}; its TUN: {m['wireguard_link']}; UDP receive "
           f"buffer {m['udp_rmem_default']} B (net.core.rmem_default, wireguard-go sets none)")
+    if m.get("corral"):
+        c = m["corral"]
+        print(f"corral: containers {', '.join(f'{h} {a}' for h, a in c['addresses'].items())} "
+              f"(eth0 mtu {c['container_mtu']}); {c['interface_mtu']}; "
+              f"setup {c['timings']}")
     print(f"load average {m['load_before']} -> {m['load_after']} on {m['cpus']} CPUs")
 
 
@@ -497,15 +806,36 @@ def _version(argv: list[str]) -> str:
     return "?"
 
 
+def _corral_meta(tb: Testbed, corral: Corral) -> dict[str, Any]:
+    eth0 = _run([*corral.prefix("a"), "cat", "/sys/class/net/eth0/mtu"], 30).stdout.strip()
+    return {
+        "server_args": CORRAL_SERVER_ARGS, "image": corral.image,
+        "hosts": {h: {"netns_host": host.name, "netns": host.netns, "interface": corral_ifname(h),
+                      "container": corral.cids[h][:12], "address": corral.addresses[h],
+                      "subnet": next((r["subnet"] for r in corral.network.get("hosts", [])
+                                      if r["name"] == host.name), None)}
+                  for h, host in corral.hosts.items()},
+        "addresses": dict(corral.addresses),
+        "container_mtu": int(eth0) if eth0.isdigit() else None,
+        "interface_mtu": f"{corral_ifname('a')}: " + (_link_detail(tb, "a", corral_ifname("a"))
+                                                      or "?"),
+        "timings": dict(corral.timings),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=None, help="iperf3 test length (10; --quick 2)")
     ap.add_argument("--pings", type=int, default=None, help="pings per path and round (50; --quick 10)")
     ap.add_argument("--ping-interval", type=float, default=0.05, help="seconds between pings")
     ap.add_argument("--rounds", type=int, default=None, help="rounds over all paths (3; --quick 1)")
-    ap.add_argument("--mtu", type=int, default=1420, help="MTU of the WireGuard interfaces")
+    ap.add_argument("--mtu", type=int, default=1420, help="MTU of the bare WireGuard interfaces")
+    ap.add_argument("--no-corral", action="store_true",
+                    help="only the underlay and bare wireguard-go rows, in fresh namespaces")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 s, 10 pings, 1 round")
     ap.add_argument("--json", action="store_true", help="also print the result as JSON")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (server and agent logs, keys)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     pings = args.pings if args.pings is not None else (10 if args.quick else 50)
@@ -516,32 +846,60 @@ def main(argv: list[str] | None = None) -> int:
                  "--ping-interval 0.002..5, --mtu 1280..9000")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, wireguard-go)")
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    tools = dict(TOOLS) if args.no_corral else {**TOOLS, "docker": "docker.io",
+                                                 "dockerd": "docker.io"}
+    missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
     if missing:
         ap.error(f"missing Debian packages: {' '.join(missing)} (scripts/install-deps.sh)")
     signal.signal(signal.SIGTERM, _sigterm)
 
-    keys = Path(tempfile.mkdtemp(prefix="corral-bench-overlay-"))
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-overlay-"))
+    keys = work / "keys"
+    keys.mkdir()
+    corral = None if args.no_corral else Corral(work)
     tb = Testbed(Underlay(UNDERLAY), keys, args.mtu)
     out: dict[str, Any] = {}
+    t_start = time.monotonic()
     try:
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        if corral is not None:
+            corral.start_hosts()
+            log(f"corral server on :{corral.server.port if corral.server else '?'}, engines "
+                f"{', '.join(h.name for h in corral.hosts.values())} up, {corral.image} pulled "
+                f"({corral.timings['server_and_engines_s']} s)")
+            tb.namespaces = {h: host.netns_path for h, host in corral.hosts.items()}
         tb.build()
         log(f"underlay {UNDERLAY} up: a {tb.host('a').address}, b {tb.host('b').address}, "
             f"n {tb.host('n').address} behind {NAT_ROUTER} ({tb.host(NAT_ROUTER).address}); "
             f"wireguard-go tunnels answer")
-        todo = paths(tb)
-        flavor = ping_flavor(todo[0][2])
+        if corral is not None:
+            corral.start_agents(tb)
+            corral.wait_mesh(90)
+            corral.start_containers(120)
+            log(f"corral overlay up: containers {corral.addresses}; {corral.timings}")
+        todo = paths(tb, corral)
+        flavors: dict[tuple[str, ...], str] = {}
         results: dict[tuple[str, str], list[PathResult]] = {(p, r): [] for p, r, *_ in todo}
         for rnd in range(rounds):
             shift = rnd % len(todo)
             for pair, row, cprefix, sprefix, target in todo[shift:] + todo[:shift]:
-                # on the underlay rows too: there it shows their idle cost (about 0)
+                client, server = PAIRS[pair]
+                flavor = flavors.setdefault(tuple(cprefix), ping_flavor(cprefix))
+                # on every row: there it shows the idle cost of the tunnels not in use
                 watch = {"wireguard-go": tb.wg_pids()}
+                if corral is not None:
+                    watch["corral wireguard-go"] = corral.wg_pids()
+                    watch["corral agents"] = corral.agent_pids()
+                # the hosts' namespaces: that is where wireguard-go's UDP sockets are
                 res = measure_path(f"{pair}/{row}", cprefix, sprefix, target, seconds=seconds,
                                    pings=pings, ping_interval=args.ping_interval,
                                    flavor=flavor, watch_pids=watch,
-                                   counters={"client": cprefix, "server": sprefix})
+                                   counters={"client": tb.host(client).prefix(),
+                                             "server": tb.host(server).prefix()})
+                if row == CORRAL and corral is not None and pings:
+                    res.extra["rtts_iputils_ms"] = ping_rtts(
+                        corral.netns_prefix(client), target, pings, args.ping_interval,
+                        "iputils")
                 results[(pair, row)].append(res)
                 log(f"round {rnd + 1}/{rounds} {pair:6} {row:13} {res.throughput_mbps:9.1f} "
                     f"Mbit/s, RTT p50 {fmt(res.rtt(50), 0, 3)} ms")
@@ -553,17 +911,20 @@ def main(argv: list[str] | None = None) -> int:
             "meta": {
                 "seconds": seconds, "pings": pings, "ping_interval": args.ping_interval,
                 "rounds": rounds, "quick": args.quick, "mtu": args.mtu,
+                "same_namespaces": corral is not None,
                 # the receive buffer wireguard-go's UDP sockets get (it sets none itself)
                 "udp_rmem_default": _sysctl(tb, "a", "net.core.rmem_default"),
                 "underlay": UNDERLAY, "pairs": {k: list(v) for k, v in PAIRS.items()},
                 "hosts": {n: {"address": tb.host(n).address, "netns": tb.host(n).netns,
-                              "tunnel": tunnel_address(n), "interface": ifname(n)}
+                              "tunnel": tunnel_address(n), "interface": ifname(n),
+                              "port": WG_PORT}
                           for n in HOST_INDEX},
                 "wireguard_backend": wg_status.backend,
                 # wireguard-go's TUN: "vnet_hdr off" means no GSO/GRO, one syscall per packet
                 "wireguard_link": _link_detail(tb, "a", ifname("a")),
                 "iperf3": _version(["iperf3", "--version"]),
                 "wireguard_go": _version(["wireguard-go", "--version"]),
+                "corral": _corral_meta(tb, corral) if corral is not None else None,
                 "kernel": platform.release(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "load_before": load_before,
                 "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -572,15 +933,30 @@ def main(argv: list[str] | None = None) -> int:
             "paths": rows,
             "ratios": {pair: ratios(r) for pair, r in rows.items()},
         }
+        if corral is not None:
+            out["ratios_vs_wireguard_go"] = {pair: ratios(r, BARE) for pair, r in rows.items()}
+            out["goal"] = goal(rows)
     except KeyboardInterrupt:
         log("interrupted; cleaning up")
         return 130
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
+    except (BenchError, TimeoutError, RuntimeError, OSError, httpx.HTTPError) as exc:
+        log(f"FAILED: {type(exc).__name__}: {exc}" + (f" (logs kept in {work})" if args.keep
+                                                      else " (--keep keeps the logs)"))
         return 1
     finally:
-        tb.teardown()
-        shutil.rmtree(keys, ignore_errors=True)
+        t_down = time.monotonic()
+        try:
+            tb.teardown()
+        except Exception as exc:  # the Corral side must still go
+            log(f"teardown of the underlay: {exc}")
+        if corral is not None:
+            corral.teardown()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        log(f"cleaned up in {time.monotonic() - t_down:.1f} s; "
+            f"{time.monotonic() - t_start:.0f} s in all")
     report(out)
     if args.json:
         print(json.dumps(out, indent=1))

@@ -1,11 +1,13 @@
 """bench/overlay.py --quick runs on the real test bed and reports a sane measurement.
 
-The bench reports the overlay baseline (iperf3 and ping on the underlay and across bare
-wireguard-go, on a public pair and through a NAT). This test only checks that its numbers
-are there and hang together, and that it leaves no namespace or wireguard-go behind. It
-asserts no performance goal. A second test runs ``measure_path`` through ``docker exec``
-in one ``corral/nettool:1`` container (amd64 and arm64 under qemu, ``--network none``,
-target 127.0.0.1), the way a later "corral overlay" row will measure containers.
+The bench reports iperf3 and ping on the underlay, across bare wireguard-go, and container to
+container across the Corral overlay (a real server, three NetnsHosts with a dockerd and an
+agent each), on a public pair and through a NAT, all between the same namespaces. This test
+only checks that its numbers are there and hang together, and that it leaves no namespace,
+dockerd, wireguard-go or UAPI socket behind. It asserts no performance goal (the verdict
+line must be there, PASS or FAIL). A second test runs ``measure_path`` through
+``docker exec`` in one ``corral/nettool:1`` container (amd64 and arm64 under qemu,
+``--network none``, target 127.0.0.1), the way the corral row measures containers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.daemons import RUN_DIR
 from testbed.images import BuiltImage
 from testbed.underlay import NETNS_DIR
 
@@ -37,14 +40,14 @@ def _wireguard_go_of_bench() -> list[str]:
             except OSError:
                 continue
             if os.path.basename(argv[0]) == b"wireguard-go" and any(
-                    a.startswith(b"obwg-") for a in argv[1:]):
+                    a.startswith((b"obwg-", b"wgobh")) for a in argv[1:]):
                 out.append(entry.name)
     return out
 
 
 def test_overlay_bench_quick_reports_sane_json() -> None:
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "overlay.py"), "--quick", "--json"],
-                       capture_output=True, text=True, timeout=150, cwd=ROOT, check=False)
+                       capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     start = p.stdout.find("\n{\n")
     assert start >= 0, p.stdout[-2000:]
@@ -53,25 +56,47 @@ def test_overlay_bench_quick_reports_sane_json() -> None:
     meta = res["meta"]
     assert meta["quick"] is True and meta["seconds"] == 2 and meta["pings"] == 10
     assert meta["rounds"] == 1 and meta["wireguard_backend"] in ("userspace", "kernel")
+    assert meta["same_namespaces"] is True
+    assert {h["netns"] for h in meta["hosts"].values()} == {"crl-obha", "crl-obhb", "crl-obhn"}
     assert set(res["paths"]) == {"public", "nat"}
+    corral = meta["corral"]
     for pair, rows in res["paths"].items():
-        assert set(rows) == {"underlay", "wireguard-go"}, pair
+        assert set(rows) == {"underlay", "wireguard-go", "corral"}, pair
         for key, row in rows.items():
             assert math.isfinite(row["throughput_mbps"]) and row["throughput_mbps"] > 0, (pair, key)
             assert row["pings_received"] > 0 and row["rtt_p50_ms"] > 0, (pair, key)
             assert row["rtt_p50_ms"] <= row["rtt_p99_ms"] <= row["rtt_max_ms"], (pair, key)
-            assert len(row["rounds"]) == 1 and row["rounds"][0]["ping_flavor"] == "iputils"
+            flavor = "busybox" if key == "corral" else "iputils"  # docker exec into nettool
+            assert len(row["rounds"]) == 1 and row["rounds"][0]["ping_flavor"] == flavor
         assert rows["wireguard-go"]["target"].startswith("10.239.0."), pair
+        # container to container: the server side's container, by its overlay address
+        server = meta["pairs"][pair][1]
+        assert rows["corral"]["target"] == corral["addresses"][server], pair
+        assert rows["corral"]["target"].startswith("10.42."), pair
+        assert rows["corral"]["pings_iputils_received"] > 0, pair
+        assert rows["corral"]["cpu_cores"]["corral wireguard-go"] > 0, pair
         ratio = res["ratios"][pair]["wireguard-go"]
         assert ratio["throughput_mbps"] == pytest.approx(
             rows["wireguard-go"]["throughput_mbps"] / rows["underlay"]["throughput_mbps"])
+        vs_bare = res["ratios_vs_wireguard_go"][pair]["corral"]["throughput_mbps"]
+        assert vs_bare == pytest.approx(
+            rows["corral"]["throughput_mbps"] / rows["wireguard-go"]["throughput_mbps"])
+        assert res["goal"]["ratios"][pair] == pytest.approx(vs_bare)
+    assert res["goal"]["pass"] == all(r >= 0.8 for r in res["goal"]["ratios"].values())
     assert "wireguard-go/underlay: throughput" in p.stdout
+    assert "corral/wireguard-go: throughput" in p.stdout
+    assert ("goal ≥ 80 % of bare wireguard-go: " + ("PASS" if res["goal"]["pass"] else "FAIL")
+            in p.stdout)
+    assert corral["container_mtu"] == meta["mtu"]
 
-    # nothing left behind: namespaces of underlay "ob", wireguard-go daemons, UAPI sockets
+    # nothing left behind: namespaces of underlay "ob" and of the Corral hosts, their dockerd,
+    # wireguard-go daemons (bare and the agents'), UAPI sockets
     assert not [e.name for e in NETNS_DIR.iterdir()
-                if e.name == "crl-ul-ob" or e.name.startswith("crl-ul-ob-")]
+                if e.name == "crl-ul-ob" or e.name.startswith(("crl-ul-ob-", "crl-obh"))]
     assert _wireguard_go_of_bench() == []
     assert not list(Path("/var/run/wireguard").glob("obwg-*.sock"))
+    assert not list(Path("/var/run/wireguard").glob("wgobh*.sock"))
+    assert not [h for h in ("obha", "obhb", "obhn") if (RUN_DIR / h).exists()]
 
 
 @pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64"])
