@@ -151,6 +151,8 @@ class Agent:
             except (Unreachable, ServerError) as exc:
                 if isinstance(exc, ServerError) and exc.status in (401, 403):
                     log.error("server refused this host's credential (%s); keeping containers as they are", exc)
+                    if self.overlay is not None:  # removed from the cluster: the others dropped it already
+                        self.overlay.leave()
                 else:
                     log.warning("server unreachable (%s); keeping containers as they are", exc)
                 self._stop.wait(backoff + random.random())

@@ -103,7 +103,7 @@ class OverlayManager:
         self.last_repair: dict[str, Any] | None = None
         self.health: dict[str, PeerHealth] = {}
         self._wake = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a pass, a new plan and leaving never interleave
         self._applied = False
         self._applied_digest: Any = None
         self._converged_at = 0.0
@@ -111,6 +111,7 @@ class OverlayManager:
         self._detail_at = 0.0
         self._reported: dict[str, Any] = {}
         self._dns_loop: asyncio.AbstractEventLoop | None = None
+        self._dns_thread: threading.Thread | None = None
         self._dns_server: dns.DnsServer | None = None
         self._dns_host = ""
         self._records: list[list[Any]] = []
@@ -211,7 +212,8 @@ class OverlayManager:
             try:
                 if not self.public_key:
                     self.public_key = self.wg.ensure_private_key(self.key_path)
-                self.step()
+                with self._lock:
+                    self.step()
                 if self.error:
                     log.info("overlay works again")
                 self.error = ""
@@ -289,7 +291,8 @@ class OverlayManager:
             return
         if self._dns_loop is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="dns", daemon=True).start()
+            self._dns_thread = threading.Thread(target=loop.run_forever, name="dns", daemon=True)
+            self._dns_thread.start()
             self._dns_loop = loop
         upstreams = dns.upstreams_from_resolv_conf(exclude={gateway})
         new = dns.DnsServer(self.directory, host=gateway, port=self.config.dns_port, upstreams=upstreams)
@@ -360,11 +363,45 @@ class OverlayManager:
         self.last_repair = {"at": round(self.clock(), 3), "what": what, "reason": reason}
         log.warning("overlay repaired (%s): %s", what, reason)
 
-    def close(self) -> None:
+    def leave(self) -> None:
+        """The server no longer knows this host (it was removed): take the overlay down here
+        too.  The interface goes (and its routes with it), then the forwarding rules, the
+        masquerade exemption and the DNS server; the plan is forgotten.  The container network
+        stays while containers use it.  A plan that arrives later builds everything again."""
+        with self._lock:
+            plan, self.plan = self.plan, None
+            if plan is None:
+                return
+            iface, bridge = self.config.interface, self.config.bridge
+            try:
+                self.wg.remove_interface(iface)
+                self.wg.disallow_forwarding(iface, bridge)
+                self.wg.disallow_forwarding(iface, iface)
+                self.wg.remove_masquerade_exemption(str(plan["subnet"]), str(plan["cluster_cidr"]))
+            except (WireGuardError, OSError) as exc:
+                log.warning("taking the overlay down: %s", exc)
+            self._stop_dns()
+            self.docker.overlay = None
+            self._applied, self._applied_digest, self.health = False, None, {}
+            self._save()
+        log.warning("this host is no longer in the cluster: its overlay interface, routes and rules are gone")
+        self._update_report()
+
+    def _stop_dns(self) -> None:
         loop, server = self._dns_loop, self._dns_server
         if loop is not None and server is not None:
             asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        self._dns_server, self._dns_host = None, ""
+
+    def close(self) -> None:
+        self._stop_dns()
+        loop, thread = self._dns_loop, self._dns_thread
+        if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            if not thread.is_alive():
+                loop.close()
+        self._dns_loop = self._dns_thread = None
 
 
 def probe_all(gateways: dict[str, str], port: int, timeout: float = 1.0) -> dict[str, float]:

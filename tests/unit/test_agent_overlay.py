@@ -112,6 +112,18 @@ class FakeWireGuard:
         self.calls.append(("exempt_from_masquerade", source, destination))
         return False
 
+    def remove_interface(self, name: str) -> bool:
+        self.calls.append(("remove_interface", name))
+        return True
+
+    def disallow_forwarding(self, overlay_if: str, bridge: str) -> int:
+        self.calls.append(("disallow_forwarding", overlay_if, bridge))
+        return 0
+
+    def remove_masquerade_exemption(self, source: str, destination: str) -> bool:
+        self.calls.append(("remove_masquerade_exemption", source, destination))
+        return True
+
 
 class FakeDocker:
     """The network calls of corral.agent.runtime.docker.DockerClient, and its ``overlay``."""
@@ -739,3 +751,24 @@ def test_default_route_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(overlay, "open", lambda path: open(routes) if path == "/proc/net/route" else open(path),
                         raising=False)
     assert overlay.default_route_address() == address
+
+
+def test_leaving_takes_the_overlay_down_and_a_new_plan_builds_it_again(env: Env) -> None:
+    m = env.manager()
+    m.prepare()
+    m.set_plan(make_plan())
+    m.step()
+    env.wg.calls.clear()
+    m.leave()
+    assert env.wg.calls == [("remove_interface", "corral0"), ("disallow_forwarding", "corral0", "corral-br"),
+                            ("disallow_forwarding", "corral0", "corral0"),
+                            ("remove_masquerade_exemption", SUBNET, CLUSTER)]
+    assert m.plan is None and m.digest == "" and env.docker.overlay is None
+    assert m.report()["peers"] == {}
+    m.leave()  # twice is nothing
+    assert len(env.wg.calls) == 4
+    assert env.tmp.joinpath("overlay.json").read_text().startswith('{"plan": null')
+    m.set_plan(make_plan("d2"))
+    m.step()
+    assert ("ensure_interface", "corral0", "127.0.0.1/32", 51820, env.tmp / "wireguard.key", 1420) in env.wg.calls
+    assert env.docker.overlay == ContainerNetwork("corral", GATEWAY)
