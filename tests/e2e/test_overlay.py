@@ -230,6 +230,32 @@ def test_containers_reach_services_by_name_both_ways_across_the_nat(bed: Bed) ->
     assert edge["state"] == "running"
 
 
+RESOLVE = "import socket, sys; print(' '.join(sorted(socket.gethostbyname_ex(sys.argv[1])[2])))"
+
+
+def test_dns_follows_instance_changes_within_two_seconds(bed: Bed) -> None:
+    def resolve(name: str) -> list[str]:
+        cid = bed.container_of("ov3", "client")
+        res = subprocess.run(["docker", "-H", bed.hosts["ov3"].docker_host, "exec", cid, PYTHON, "-c", RESOLVE, name],
+                             capture_output=True, text=True, timeout=20)
+        return res.stdout.split() if res.returncode == 0 else []
+
+    assert len(resolve("cloudweb")) == 1
+    with bed.api() as c:
+        assert c.patch("/api/v1/services/cloudweb", json={"replicas": 2}).status_code == 200
+    wait_for(lambda: bed.get("/api/v1/services/cloudweb")["running"] == 2, 60, "two cloudweb instances",
+             interval=0.1)
+    ready_at = time.monotonic()
+    # the new instance is healthy (web's health check) a moment after it runs; count from "running"
+    wait_for(lambda: len(resolve("cloudweb")) == 2, 10, "DNS on ov3 to list both instances", interval=0.1)
+    took = time.monotonic() - ready_at
+    print(f"DNS followed a new instance in {took:.2f} s (health check included)")
+    assert took < 5, f"DNS took {took:.1f} s to follow a new instance"  # 0.9 s here; slack for a loaded CI
+    with bed.api() as c:
+        assert c.patch("/api/v1/services/cloudweb", json={"replicas": 1}).status_code == 200
+    wait_for(lambda: len(resolve("cloudweb")) == 1, 10, "DNS on ov3 to drop the removed instance", interval=0.1)
+
+
 def test_a_compose_stack_on_a_network_reaches_its_services_by_short_and_stack_names(bed: Bed,
                                                                                    tmp_path: Path) -> None:
     assert bed.images is not None
