@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overlay-bridge", default="corral-br", help="the container bridge's name (default corral-br)")
     o.add_argument("--overlay-dns-port", type=int, default=53, help=argparse.SUPPRESS)
     o.add_argument("--overlay-stale-after", type=float, default=180.0, help=argparse.SUPPRESS)  # tests
-    o.add_argument("--overlay-probe-every", type=float, default=15.0,
-                   help="seconds between reachability probes of each peer (default 15)")
+    o.add_argument("--overlay-probe-every", type=float, default=30.0,
+                   help="seconds between reachability probes of each peer (default 30)")
     p.add_argument("--log-level", default="info")
     return p
 

@@ -65,7 +65,7 @@ class OverlayConfig:
     endpoint: str | None = None  # "IP[:PORT]" others dial; None: this host's default-route address
     nat: bool | None = None  # behind NAT (True), reachable (False), or let the server infer it
     dns_port: int = 53
-    probe_every: float = 15.0
+    probe_every: float = 30.0
     stale_after: float = STALE_AFTER  # seconds without a handshake, while probes fail, before a repair
     mtu: int = 1420
 

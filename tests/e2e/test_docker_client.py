@@ -29,6 +29,7 @@ from corral.agent.facts import collect_facts
 from corral.agent.runtime.docker import (
     Conflict,
     ContainerInfo,
+    ContainerNetwork,
     DockerClient,
     DockerError,
     EngineUnavailable,
@@ -40,7 +41,7 @@ from corral.agent.runtime.docker import (
     _raw_lines,
     split_reference,
 )
-from corral.model import LABEL_MANAGED, PortSpec
+from corral.model import LABEL_ADDRESS, LABEL_MANAGED, PortSpec
 from testbed.images import BuiltImage
 
 e2e = pytest.mark.e2e
@@ -636,3 +637,36 @@ def test_image_digests_name_what_the_engine_holds(client: DockerClient, image: s
     facts = collect_facts(client, {})
     assert busybox_image.index_digest in facts["images"]
     assert isinstance(facts["engine_labels"], dict)
+
+
+@e2e
+def test_overlay_network_and_a_container_at_its_address(docker_host: str, image: str, name: str) -> None:
+    """The calls the agent's overlay makes: a bridge network with its subnet, gateway and bridge
+    name; a container labelled with an address joins it there with the gateway as its DNS; with
+    no overlay network (yet) the same container starts on the default network."""
+    c = DockerClient(docker_host)  # its own client: `overlay` is per client
+    net = f"corral-test-{RUN_ID}"
+    subnet, gateway, address = "10.253.77.0/24", "10.253.77.1", "10.253.77.9"
+    assert c.inspect_network(net) is None
+    c.create_bridge_network(net, subnet, gateway, f"crt{RUN_ID[:8]}", labels=_labels(), mtu=1420)
+    try:
+        got = c.inspect_network(net)
+        assert got is not None and got["IPAM"]["Config"] == [{"Subnet": subnet, "Gateway": gateway}]
+        assert got["Options"]["com.docker.network.bridge.name"] == f"crt{RUN_ID[:8]}"
+        with pytest.raises(DockerError):  # the same name twice
+            c.create_bridge_network(net, subnet, gateway, f"crt{RUN_ID[:8]}")
+        labels = _labels(**{LABEL_ADDRESS: address})
+        plain = c.create_container(f"{name}-plain", image, command=["sleep", "30"], labels=labels)
+        assert list(c.inspect_container(plain)["NetworkSettings"]["Networks"]) == ["bridge"]
+        c.overlay = ContainerNetwork(net, gateway)
+        cid = c.create_container(name, image, command=["sleep", "30"], labels=labels)
+        c.start(cid)
+        info = c.inspect_container(cid)
+        assert info["NetworkSettings"]["Networks"][net]["IPAddress"] == address
+        assert info["HostConfig"]["Dns"] == [gateway] and info["HostConfig"]["DnsSearch"] == ["corral.internal"]
+        for container in (cid, plain):
+            c.remove(container, force=True)
+    finally:
+        c.remove_network(net)
+    assert c.inspect_network(net) is None
+    c.remove_network(net)  # a missing one is fine

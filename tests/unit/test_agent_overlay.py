@@ -331,7 +331,7 @@ def test_dns_server_answers_on_the_gateway(env: Env) -> None:
 
 
 def test_same_plan_is_not_reapplied_until_converge_every(env: Env) -> None:
-    m = env.manager()
+    m = env.manager(probe_every=15.0)
     m.set_plan(make_plan())
     m.step()
     env.wg.calls.clear()

@@ -33,6 +33,7 @@ This module speaks the few Engine API calls the agent needs over
 from __future__ import annotations
 
 import base64
+import logging
 import contextlib
 import http.client
 import json
@@ -47,6 +48,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from corral.model import LABEL_ADDRESS, HealthcheckSpec, PortSpec, VolumeSpec
+
+log = logging.getLogger("corral.agent.docker")
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -677,8 +680,9 @@ class DockerClient:
     def _attach_overlay(self, body: dict[str, Any], address: str) -> None:
         """Put the container on the overlay network at its address, with the host's DNS."""
         net = self.overlay
-        if net is None:
-            raise DockerError(503, f"the overlay network is not ready on this host yet (address {address})")
+        if net is None:  # no overlay here (yet): running the container matters more than its address
+            log.warning("overlay network not ready: the container for %s starts on the default network", address)
+            return
         body["HostConfig"]["NetworkMode"] = net.name
         body["HostConfig"]["Dns"] = [net.dns]
         # bare service names are tried under the overlay's zone first (not the host's search domains)
