@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 from corral import model
 from corral.agent.restart import RestartBook, on_exit
-from corral.agent.runtime.docker import ContainerInfo, DockerClient, DockerError, PullError, health_of
+from corral.agent.runtime.docker import (ContainerInfo, DockerClient, DockerError, NotFound, PullError,
+                                         health_of)
 from corral.model import DesiredSet, InstanceSpec, InstanceStatus
 
 log = logging.getLogger("corral.agent")
@@ -64,6 +65,13 @@ class Reconciler:
         self._busy: set[str] = set()
         self._skipped: set[str] = set()  # busy keys a pass wanted to work on: their job's end pokes a pass
         self._hashes: dict[str, tuple[InstanceSpec, str]] = {}  # instance id -> (spec, its spec_hash)
+        # What the last listing may not show: the instances whose jobs ran while it was made or
+        # started since (id -> (service, slot)); containers are only ever created by such jobs.
+        self._listed: dict[str, list[ContainerInfo]] | None = None  # the last listing, by instance
+        self._since_listing: dict[str, tuple[str, int]] = {}
+        self._listing: dict[str, tuple[str, int]] | None = None  # collected while a listing runs
+        self._job_slots: dict[str, tuple[str, int]] = {}  # instance jobs busy now
+        self._jobs: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._desired = DesiredSet(-1, [])
         self._books: dict[str, RestartBook] = {}
@@ -78,11 +86,42 @@ class Reconciler:
 
     def set_desired(self, desired: DesiredSet) -> None:
         with self._lock:
-            self._desired = desired
+            previous, self._desired = self._desired, desired
             wanted = {i.id for i in desired.instances}
             for table in (self._books, self._pull_retry_at, self._statuses, self._hashes):
                 for iid in [k for k in table if k not in wanted]:
                     del table[iid]
+        self._start_new(previous, desired)
+
+    def _start_new(self, previous: DesiredSet, desired: DesiredSet) -> None:
+        """Start the instances that are new to this host at once, without waiting for the next
+        pass and its listing: a rolling update's next slot moves on sooner.  Only where the last
+        listing is sure to be complete for them: no container of theirs can exist (only their own
+        jobs make one, and none has run), and every container leaving their slot is known (then
+        stop-first replaces it as a pass would).  Everything else waits for the pass."""
+        listed = self._listed
+        if listed is None:
+            return  # no listing yet (e.g. a desired set read from disk at start): the pass decides
+        known = {i.id for i in previous.instances}
+        wanted = {i.id for i in desired.instances}
+        with self._lock:
+            since = dict(self._since_listing)
+            busy = set(self._busy)
+        unsure = {slot for iid, slot in since.items() if iid not in wanted}  # may have unlisted containers
+        leaving: dict[tuple[str, int], list[ContainerInfo]] = {}
+        for iid, cs in listed.items():
+            if iid not in wanted:
+                for c in cs:
+                    leaving.setdefault(slot_of(c), []).append(c)
+        for spec in desired.instances:
+            slot = (spec.service, spec.slot)
+            if spec.id in known or spec.id in listed or spec.id in since or spec.id in busy or slot in unsure:
+                continue
+            olds = leaving.get(slot, [])
+            if olds:
+                self._submit(self._pool, spec.id, self._replace, spec, olds, also=[c.id for c in olds], slot=slot)
+            else:
+                self._submit(self._pool, spec.id, self._ensure, spec, [], slot=slot)
 
     @property
     def desired(self) -> DesiredSet:
@@ -116,11 +155,22 @@ class Reconciler:
         Work for an instance or container still busy from an earlier pass (a slow
         pull, a 10 s stop) is skipped, so it never delays other instances.
         """
+        with self._lock:
+            self._listing = dict(self._job_slots)  # jobs running now may create containers it misses
+        try:
+            containers = self.owned()
+        except BaseException:
+            with self._lock:
+                self._listing = None
+            raise
+        with self._lock:
+            unlisted, self._listing = self._listing or {}, None
         desired = self._desired
-        containers = self.owned()
         by_instance: dict[str, list[ContainerInfo]] = {}
         for c in containers:
             by_instance.setdefault(c.labels.get(model.LABEL_INSTANCE, ""), []).append(c)
+        with self._lock:
+            self._listed, self._since_listing = by_instance, dict(unlisted)
         wanted = {i.id for i in desired.instances}
         self.next_due = float("inf")
         self._route(desired, by_instance)
@@ -133,20 +183,50 @@ class Reconciler:
             by_slot.setdefault(slot_of(c), []).append(c)
         jobs: list[Future[None] | None] = []
         replacing: set[str] = set()
+        unsure = {slot for iid, slot in unlisted.items() if iid not in wanted}
+        again = False
         for spec in desired.instances:
             found = by_instance.get(spec.id, [])
-            olds = [] if found else by_slot.get((spec.service, spec.slot), [])
+            slot = (spec.service, spec.slot)
+            if not found and (spec.id in unlisted or slot in unsure):
+                # a job of this slot ran while the engine was listed: what it made may be missing
+                # from the listing; look again once the busy jobs are done (or at once if none is)
+                if self._submit_guard(spec.id, [iid for iid, sl in unlisted.items() if sl == slot]):
+                    again = True
+                continue
+            olds = [] if found else by_slot.get(slot, [])
             if olds:
                 jobs.append(self._submit(self._pool, spec.id, self._replace, spec, olds,
-                                         also=[c.id for c in olds]))
+                                         also=[c.id for c in olds], slot=slot))
                 replacing.update(c.id for c in olds)
             elif not self._settled(spec, found):
-                jobs.append(self._submit(self._pool, spec.id, self._ensure, spec, found))
+                jobs.append(self._submit(self._pool, spec.id, self._ensure, spec, found, slot=slot))
         jobs += [self._submit(self._removals, c.id, self._remove, c) for c in leaving if c.id not in replacing]
+        if again:
+            self._on_work_done()
         if wait:
             for job in jobs:
                 if job is not None:
                     job.result()
+            while True:  # and for work started outside the pass (new instances started at once)
+                with self._lock:
+                    pending = list(self._jobs)
+                if not pending:
+                    break
+                for job in pending:
+                    job.result()
+            if again:
+                self.run_once(wait=True)
+
+    def _submit_guard(self, iid: str, related: list[str]) -> bool:
+        """A pass left ``iid`` alone because the listing may be stale for it: have a job that is
+        still busy on its slot poke the next pass, or (none busy) ask for one now (True)."""
+        with self._lock:
+            busy = [k for k in [iid, *related] if k in self._busy]
+            if busy:
+                self._skipped.update(busy)
+                return False
+        return True
 
     def _settled(self, spec: InstanceSpec, found: list[ContainerInfo]) -> bool:
         """Nothing to do for this instance: its one container runs the current spec, healthy or
@@ -168,9 +248,11 @@ class Reconciler:
         return digest
 
     def _submit(self, pool: ThreadPoolExecutor, key: str, fn: Callable[..., None],
-                *args: object, also: list[str] | None = None) -> Future[None] | None:
+                *args: object, also: list[str] | None = None,
+                slot: tuple[str, int] | None = None) -> Future[None] | None:
         """Run ``fn`` on ``pool`` unless ``key`` (or a key in ``also``: containers the job takes
-        over) is busy with an earlier job; then that job's end pokes another pass."""
+        over) is busy with an earlier job; then that job's end pokes another pass.  ``slot``:
+        the job is an instance's (it may create a container of that service's slot)."""
         keys = [key, *(also or ())]
         with self._lock:
             busy = [k for k in keys if k in self._busy]
@@ -178,6 +260,11 @@ class Reconciler:
                 self._skipped.update(busy)
                 return None
             self._busy.update(keys)
+            if slot is not None:
+                self._job_slots[key] = slot
+                self._since_listing[key] = slot
+                if self._listing is not None:
+                    self._listing[key] = slot
 
         def job() -> None:
             try:
@@ -185,12 +272,21 @@ class Reconciler:
             finally:
                 with self._lock:
                     self._busy.difference_update(keys)
+                    self._job_slots.pop(key, None)
                     again = bool(self._skipped.intersection(keys))
                     self._skipped.difference_update(keys)
                 if again:
                     self._on_work_done()
 
-        return pool.submit(job)
+        future = pool.submit(job)
+        with self._lock:
+            self._jobs.add(future)
+        future.add_done_callback(self._job_done)
+        return future
+
+    def _job_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._jobs.discard(future)
 
     def _route(self, desired: DesiredSet, by_instance: dict[str, list[ContainerInfo]]) -> None:
         """Point each ingress port at the ready containers of the current desired set."""
@@ -227,6 +323,8 @@ class Reconciler:
         try:
             if c.state == "running":
                 self.docker.stop(c.id, timeout=stop_grace(self.docker.inspect_container(c.id)))
+        except NotFound:
+            pass  # gone meanwhile
         except DockerError as exc:
             log.warning("could not stop %s: %s", c.name, exc)
 
@@ -237,6 +335,8 @@ class Reconciler:
     def _delete(self, c: ContainerInfo) -> None:
         try:
             self.docker.remove(c.id, force=True)
+        except NotFound:
+            pass  # gone meanwhile
         except DockerError as exc:
             log.warning("could not remove %s: %s", c.name, exc)
 
@@ -382,13 +482,7 @@ class Reconciler:
         env = dict(spec.env)
         if spec.gpus:
             env.setdefault("CORRAL_GPUS", str(spec.gpus))
-        cid = self.docker.create_container(
-            spec.name, spec.image, command=spec.command, env=env, labels=labels, ports=spec.ports,
-            gpus=0 if self.fake_gpus else spec.gpus, entrypoint=spec.entrypoint, working_dir=spec.working_dir,
-            user=spec.user, hostname=spec.hostname, volumes=spec.volumes,
-            volume_labels={model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id},
-            healthcheck=spec.healthcheck, stop_grace_period=spec.stop_grace_period,
-            cpu_limit=spec.cpu_limit, memory_limit=spec.memory_limit)
+        cid = self._create(spec, labels, env)
         if before_start is not None:
             before_start()
         try:
@@ -399,6 +493,15 @@ class Reconciler:
             self._due(now + 5)
             return
         self._report(spec.id, model.RUNNING, container_id=cid, health=self._health_after_start(cid))
+
+    def _create(self, spec: InstanceSpec, labels: dict[str, str], env: dict[str, str]) -> str:
+        return self.docker.create_container(
+            spec.name, spec.image, command=spec.command, env=env, labels=labels, ports=spec.ports,
+            gpus=0 if self.fake_gpus else spec.gpus, entrypoint=spec.entrypoint, working_dir=spec.working_dir,
+            user=spec.user, hostname=spec.hostname, volumes=spec.volumes,
+            volume_labels={model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id},
+            healthcheck=spec.healthcheck, stop_grace_period=spec.stop_grace_period,
+            cpu_limit=spec.cpu_limit, memory_limit=spec.memory_limit)
 
     def _health_after_start(self, cid: str) -> str:
         """A container with a health check (its own or the image's) is `starting` until the check

@@ -355,3 +355,54 @@ def test_a_settled_pass_gives_the_pool_no_work(env: tuple[FakeDocker, Reconciler
     rec._pool.submit = lambda *a, **k: submitted.append(a)  # type: ignore[method-assign]
     rec.run_once(wait=True)
     assert submitted == [] and inspected == []
+
+
+def _eventually(pred: Any, timeout: float = 5.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_new_instance_starts_as_its_desired_set_arrives(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """Once the engine has been listed, an instance new to the host starts without waiting for a pass
+    (a rolling update's next slot moves on sooner); stop-first still stops its slot's old one first."""
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("old"), spec("b", 2)]))
+    assert docker.containers == {}, "no listing yet: only a pass starts anything"
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)  # a listing made after its jobs: it shows all there is
+    (old,) = [k for k, c in docker.containers.items() if c["name"] == "web.1.old"]
+    rec.set_desired(DesiredSet(2, [spec("new"), spec("b", 2), spec("c", 3)]))  # no run_once
+    assert _eventually(lambda: sorted(c["name"] for c in docker.containers.values()) == ["web.1.new", "web.2.b",
+                                                                                       "web.3.c"])
+    assert _eventually(lambda: states(rec) == {"new": "running", "b": "running", "c": "running"})
+    new = next(k for k, c in docker.containers.items() if c["name"] == "web.1.new")
+    assert docker.calls.index(("stop", old)) < docker.calls.index(("start", new))
+    rec.run_once(wait=True)  # the pass that follows finds nothing to add
+    assert [op for op, _ in docker.calls].count("create") == 4
+
+
+def test_a_pass_never_duplicates_what_a_job_made_while_the_engine_was_listed(
+        env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)
+    real_list = docker.list_containers
+
+    def list_then_create(*args: Any, **kw: Any) -> Any:
+        out = real_list(*args, **kw)  # the listing is made, then a job for "new" creates its container
+        docker.list_containers = real_list  # type: ignore[method-assign]
+        rec.set_desired(DesiredSet(2, [spec("a"), spec("new", 2)]))
+        assert _eventually(lambda: states(rec).get("new") == "running" and not rec._busy)  # and is done
+        return out
+    docker.list_containers = list_then_create  # type: ignore[method-assign]
+    rec.run_once(wait=True)
+    assert sorted(c["name"] for c in docker.containers.values()) == ["web.1.a", "web.2.new"]
+    assert [name for op, name in docker.calls if op == "create"].count("web.2.new") == 1
+    assert states(rec) == {"a": "running", "new": "running"}
