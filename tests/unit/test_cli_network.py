@@ -35,7 +35,7 @@ RELAY_REASON = ("ov3 and ov4 cannot dial each other (ov3 is behind NAT, ov4 is b
 
 def peer(state: str, rtt: float | None = None, via: str | None = None,
          handshake_ago: float | None = 5.0) -> dict[str, Any]:
-    shook = None if handshake_ago is None else NOW - handshake_ago
+    shook = None if handshake_ago is None else time.time() - handshake_ago
     return {"state": state, "handshake_at": shook, "rtt_ms": rtt, "via": via, "endpoint": None}
 
 
@@ -81,12 +81,12 @@ def inspected_host() -> dict[str, Any]:
             "enabled": True, "interface": "corral0", "backend": "wireguard-go",
             "public_key": "A" * 43 + "=", "endpoint": None, "nat": True, "subnet": "10.42.3.0/24",
             "error": None, "repairs": 2,
-            "last_repair": {"at": NOW - 300, "what": "interface",
+            "last_repair": {"at": time.time() - 300, "what": "interface",
                             "reason": "corral0 was gone; wireguard-go restarted"},
             "dns": {"records": 3},
             "peers": {
                 "ov1-id": {"name": "ov1", "state": "up", "endpoint": "192.0.2.1:51820",
-                           "via": None, "handshake_at": NOW - 3, "rtt_ms": 0.5},
+                           "via": None, "handshake_at": time.time() - 3, "rtt_ms": 0.5},
                 "ov4-id": {"name": "ov4", "state": "relayed", "endpoint": None, "via": "ov1",
                            "handshake_at": None, "rtt_ms": 2.0},
             },
@@ -422,7 +422,7 @@ def report_overlays(h: Harness, peer_state: str = "up") -> dict[str, str]:
             relayed = nat and other in ("ov3", "ov4")
             state = "relayed" if relayed else peer_state if (name, other) == ("ov1", "ov2") else "up"
             peers[other_id] = {"name": other, "state": state, "via": "ov1" if relayed else None,
-                               "endpoint": None, "handshake_at": None if relayed else int(NOW) - 5,
+                               "endpoint": None, "handshake_at": None if relayed else int(time.time()) - 5,
                                "rtt_ms": 1.2}
         report = {"enabled": True, "interface": "corral0", "backend": "wireguard-go",
                   "public_key": key(i), "endpoint": None if nat else f"192.0.2.{i}:51820",
