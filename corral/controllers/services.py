@@ -163,6 +163,7 @@ class ServiceController:
         self._targets: set[str] = set()  # services kicked on their own (an update's instance changed)
         self._rolling_ids: dict[str, frozenset[str]] = {}  # services being updated -> their instances
         self._targets_lock = threading.Lock()
+        self._targeting = threading.Lock()  # held by the thread reconciling kicked services
 
     def kick(self) -> None:
         """Ask for a full reconcile pass soon (hosts joined, went down or came back; an update's
@@ -175,32 +176,31 @@ class ServiceController:
 
     def kick_instances(self, instance_ids: list[str]) -> bool:
         """Instances reported a change: the services being updated that own them are reconciled
-        at once, on their own (a slot of a rolling update moves on as soon as its instance is
-        ready, not at the next full pass).  False if none of them is part of an update."""
+        at once, each alone, here in the reporting thread (a slot of a rolling update moves on as
+        soon as its instance is ready: no wait for the next full pass, no hop to the reconcile
+        loop).  A report that comes while another thread does this leaves its services to that
+        thread, which looks again before it stops.  False if none of them is being updated."""
         with self._targets_lock:
             names = {name for name, ids in self._rolling_ids.items() if not ids.isdisjoint(instance_ids)}
             self._targets |= names
         if not names:
             return False
-        if self.on_kick is not None:
-            self.on_kick()
-        else:
-            self.reconcile_targets()
+        while self._targeting.acquire(blocking=False):
+            try:
+                with self._targets_lock:
+                    names, self._targets = self._targets, set()
+                for name in sorted(names):
+                    try:
+                        self.reconcile(name, resolve=False)
+                    except Exception:  # the report itself is stored: a full pass takes over
+                        log.exception("reconciling %s after a status report failed", name)
+                        self.kick()
+            finally:
+                self._targeting.release()
+            with self._targets_lock:
+                if not self._targets:
+                    break
         return True
-
-    def take_targets(self) -> set[str]:
-        with self._targets_lock:
-            names, self._targets = self._targets, set()
-        return names
-
-    def full_pass_wanted(self) -> bool:
-        """A full pass was asked for (kick), or something time-based is due."""
-        return self._forced or (self._wake_at is not None and self._store.clock() >= self._wake_at)
-
-    def reconcile_targets(self, names: set[str] | None = None) -> None:
-        """Reconcile the services kicked on their own (each alone: one read of the fleet, one plan)."""
-        for name in sorted(self.take_targets() if names is None else names):
-            self.reconcile(name)
 
     def _read(self) -> Fleet:
         revision = self._store.cluster_revision()  # first: rows newer than it only make a plan stale
@@ -239,14 +239,20 @@ class ServiceController:
                     self._notify(changed)
             self._clean_revision = None if changed_any else fleet.revision
 
-    def reconcile(self, name: str) -> None:
+    def reconcile(self, name: str, resolve: bool = True) -> None:
+        """Reconcile one service; without ``resolve``, one whose image is not resolved yet is left
+        to the reconcile loop (no registry call here)."""
         try:
             service = self._store.get_service(name)
         except NotFoundError:
             self._watch(name, None)
             return
-        if service.resolution is None and self._images is not None and not self._resolve(service):
-            return
+        if service.resolution is None and self._images is not None:
+            if not resolve:
+                self.kick()
+                return
+            if not self._resolve(service):
+                return
         with self._lock:
             changed, _ = self._place_retrying(name, self._read(), reread=False)
         if changed:

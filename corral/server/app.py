@@ -78,35 +78,21 @@ async def _refresh_revisions(state: ServerState, seconds: float = 1.0) -> None:
 async def _reconcile_loop(state: ServerState, kicked: asyncio.Event, seconds: float,
                           min_gap: float = 0.2) -> None:
     """Reconcile every service every ``seconds``, or soon after a kick.  Kicks that come while a
-    pass runs, or within ``min_gap`` after it, make one more pass: a burst of joins is a few passes.
-    A service kicked on its own (an instance of its rolling update reported) is reconciled at
-    once, alone; kicks for it that come meanwhile make one more such pass."""
+    pass runs, or within ``min_gap`` after it, make one more pass: a burst of joins is a few passes."""
     last = 0.0
     loop = asyncio.get_running_loop()
-    services = state.services
     while True:
         timeout = seconds
-        wake = services.next_wake()
+        wake = state.services.next_wake()
         if wake is not None:
             timeout = min(seconds, max(0.05, wake - state.store.clock()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(kicked.wait(), timeout)
-        woken = kicked.is_set()
-        kicked.clear()
-        if woken and not services.full_pass_wanted():
-            targets = services.take_targets()
-            if targets:
-                try:
-                    await run_in_threadpool(services.reconcile_targets, targets)
-                except Exception:  # a failing loop must not die: log and go on
-                    log.exception("reconcile of %s failed", ", ".join(sorted(targets)))
-                continue
         await asyncio.sleep(max(0.0, last + min_gap - loop.time()))
         kicked.clear()
-        services.take_targets()  # the full pass covers them
         last = loop.time()
         try:
-            await run_in_threadpool(services.reconcile_all)
+            await run_in_threadpool(state.services.reconcile_all)
         except Exception:  # a failing loop must not die: log and go on
             log.exception("reconcile pass failed")
 

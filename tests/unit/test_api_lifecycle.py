@@ -30,9 +30,11 @@ class Agents:
 
     def report(self, state: str = "running", only: set[int] | None = None, **more: Any) -> None:
         st = self.h.state.store
+        # what each host runs as the round begins (a report may place more: that is the next round's)
+        held = {host_id: [i for i in st.list_instances(host_id=host_id) if only is None or i.spec_version in only]
+                for host_id in self.creds}
         for host_id, cred in self.creds.items():
-            mine = [i for i in st.list_instances(host_id=host_id) if only is None or i.spec_version in only]
-            body = {"instances": [{"instance_id": i.id, "state": state, "since": 1.0, **more} for i in mine]}
+            body = {"instances": [{"instance_id": i.id, "state": state, "since": 1.0, **more} for i in held[host_id]]}
             r = self.h.client.post("/api/v1/agent/status", json=body, headers={"Authorization": f"Bearer {cred}"})
             assert r.status_code == 200, r.text
         self.h.state.services.reconcile_all()
