@@ -368,6 +368,14 @@ class Store:
         if bool(new.get("error")) and new.get("error") != old.get("error"):
             self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=new.get("error"))
         row.overlay = overlay
+        if new.get("public_key") and row.subnet is None and self.cluster is not None:
+            # a host that joined before the overlay existed (or before the cluster had room)
+            taken = [t for t in s.scalars(select(HostRow.subnet).where(HostRow.subnet.is_not(None))) if t]
+            try:
+                row.subnet = allocate(self.cluster, taken)
+                self._event(s, "host", "subnet", row.name, id=row.id, subnet=row.subnet)
+            except IpamError as exc:
+                self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=str(exc))
         if bool(new.get("public_key")) != bool(old.get("public_key")):
             self._readdress(s, row)
         self._overlay_changed()

@@ -460,3 +460,16 @@ def test_the_channel_carries_the_plan_and_directory_only_when_stale(h: Harness) 
     # a host that runs no overlay gets neither, whatever it sends
     other = poll(plain_cred, st.host_revision(plain), "", -1)
     assert "overlay" not in other and "dns" not in other
+
+
+def test_a_host_that_joined_before_the_overlay_gets_a_subnet_with_its_first_key(h: Harness) -> None:
+    cluster, h.state.store.cluster = h.state.store.cluster, None  # a server from before the overlay
+    old_id, old_cred = h.register("old")
+    create_service(h, "web", 1)
+    assert h.state.store.get_host(old_id).subnet is None
+    h.state.store.cluster = cluster  # upgraded: the agent now reports a key
+    post_status(h, old_cred, facts={"hostname": "old", "platform": "linux/amd64", "overlay": report(7)})
+    host = h.state.store.get_host(old_id)
+    assert host.subnet == "10.42.0.0/24"
+    assert [i.address for i in instances(h, old_id)] == ["10.42.0.2"]
+    assert events(h, "subnet")[0]["subnet"] == "10.42.0.0/24"
