@@ -55,6 +55,7 @@ STALE_AFTER = 180.0  # seconds without a handshake (while probes fail) before a 
 REPAIR_GAP = 60.0  # seconds at least between two repairs of one peer
 DETAIL_EVERY = 300.0  # seconds between reports that only refresh handshake times and RTTs
 PROBE_NAME = "probe.corral.internal"
+NETWORK_WAIT = 15.0  # seconds a new container with an overlay address waits for the network
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class OverlayManager:
     def __init__(self, docker: DockerClient, wg: WireGuard, config: OverlayConfig, state_dir: Path,
                  on_change: Callable[[], None], clock: Callable[[], float] = time.time) -> None:
         self.docker = docker
+        # the first containers may come with the same channel reply as the plan: they wait
+        # (this long at most) for the network the plan makes
+        docker.overlay_wait = NETWORK_WAIT
         self.wg = wg
         self.config = config
         self.key_path = state_dir / "wireguard.key"

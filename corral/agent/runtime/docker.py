@@ -417,6 +417,7 @@ class DockerClient:
         # containers created with an overlay address label join this network (set by the
         # agent's overlay once the network exists)
         self.overlay: ContainerNetwork | None = None
+        self.overlay_wait = 0.0  # seconds a container with an address waits for that network
 
     def __repr__(self) -> str:
         return f"DockerClient({self.base_url!r}, api_version={self._api_version!r})"
@@ -679,8 +680,11 @@ class DockerClient:
 
     def _attach_overlay(self, body: dict[str, Any], address: str) -> None:
         """Put the container on the overlay network at its address, with the host's DNS."""
+        deadline = time.monotonic() + self.overlay_wait
+        while self.overlay is None and time.monotonic() < deadline:  # the agent is making it now
+            time.sleep(0.1)
         net = self.overlay
-        if net is None:  # no overlay here (yet): running the container matters more than its address
+        if net is None:  # no overlay here: running the container matters more than its address
             log.warning("overlay network not ready: the container for %s starts on the default network", address)
             return
         body["HostConfig"]["NetworkMode"] = net.name
