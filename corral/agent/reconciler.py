@@ -36,6 +36,7 @@ from corral.model import DesiredSet, InstanceSpec, InstanceStatus
 log = logging.getLogger("corral.agent")
 
 PULL_RETRY = 10.0
+IMAGE_FACTS_FOR = 60.0  # seconds an image's presence, and that it has no health check, are taken as known
 STOP_GRACE = 10  # seconds, the engine's default, for containers created without a grace period
 INGRESS_DRAIN = 1.0  # seconds between leaving the ingress rotation and being stopped
 
@@ -72,6 +73,10 @@ class Reconciler:
         self._listing: dict[str, tuple[str, int]] | None = None  # collected while a listing runs
         self._job_slots: dict[str, tuple[str, int]] = {}  # instance jobs busy now
         self._jobs: set[Future[None]] = set()
+        # image -> until when it is known to be on the engine / to have no health check of its own
+        # (one engine call less before each create and after each start while an update runs)
+        self._image_present: dict[str, float] = {}
+        self._image_unchecked: dict[str, float] = {}
         self._lock = threading.Lock()
         self._desired = DesiredSet(-1, [])
         self._books: dict[str, RestartBook] = {}
@@ -363,6 +368,7 @@ class Reconciler:
             self._ensure_inner(spec, found, before_start)
         except DockerError as exc:
             log.warning("instance %s: %s", spec.name, exc)
+            self._image_present.pop(spec.image, None)  # look again next time (it may have been removed)
             self._report(spec.id, model.FAILED, error=str(exc))
             self._due(self._clock() + 5)
 
@@ -463,7 +469,11 @@ class Reconciler:
         """Pull if needed, create, then (after ``before_start``: a stop-first slot's old container
         stopping) start."""
         now = self._clock()
-        if not self.docker.image_present(spec.image):
+        if self._image_present.get(spec.image, 0.0) > now:
+            pass
+        elif self.docker.image_present(spec.image):
+            self._image_present[spec.image] = now + IMAGE_FACTS_FOR
+        else:
             if self._pull_retry_at.get(spec.id, 0.0) > now:
                 self._due(self._pull_retry_at[spec.id])
                 return
@@ -492,7 +502,7 @@ class Reconciler:
             self._report(spec.id, model.FAILED, container_id=cid, error=exc.message)
             self._due(now + 5)
             return
-        self._report(spec.id, model.RUNNING, container_id=cid, health=self._health_after_start(cid))
+        self._report(spec.id, model.RUNNING, container_id=cid, health=self._health_after_start(cid, spec))
 
     def _create(self, spec: InstanceSpec, labels: dict[str, str], env: dict[str, str]) -> str:
         return self.docker.create_container(
@@ -503,13 +513,23 @@ class Reconciler:
             healthcheck=spec.healthcheck, stop_grace_period=spec.stop_grace_period,
             cpu_limit=spec.cpu_limit, memory_limit=spec.memory_limit)
 
-    def _health_after_start(self, cid: str) -> str:
+    def _health_after_start(self, cid: str, spec: InstanceSpec | None = None) -> str:
         """A container with a health check (its own or the image's) is `starting` until the check
-        passes: never report it ready before that."""
+        passes: never report it ready before that.  An image seen to have none lately (its
+        containers' health read "" with no check in their spec) is not asked again."""
+        now = self._clock()
+        if spec is not None and spec.healthcheck is None and self._image_unchecked.get(spec.image, 0.0) > now:
+            return ""
         try:
-            return health_of(self.docker.inspect_container(cid))
+            health = health_of(self.docker.inspect_container(cid))
         except DockerError:
             return ""
+        if spec is not None and spec.healthcheck is None:
+            if health:
+                self._image_unchecked.pop(spec.image, None)
+            else:
+                self._image_unchecked[spec.image] = now + IMAGE_FACTS_FOR
+        return health
 
 
 def slot_of(c: ContainerInfo) -> tuple[str, int]:

@@ -58,11 +58,11 @@ def status(body: Heartbeat, host: HostIdentity = Depends(require_host),
         came_back = state.store.heartbeat(host.id, body.facts, statuses, body.facts_patch, **overlay)
     if came_back:
         state.services.kick()
-    elif statuses and not state.services.kick_instances([s.instance_id for s in statuses]) \
-            and state.services.updating:
-        state.services.kick()  # a grace period or an update's delay runs: a full pass looks
+    elif statuses:
+        state.services.kick_reports(statuses)
+    revision = state.notifier.revision(host.id)  # remembered (refreshed every second), else read
     reply: dict[str, Any] = {"heartbeat_interval": state.heartbeat_interval,
-                             "revision": state.store.host_revision(host.id)}
+                             "revision": revision if revision is not None else state.store.host_revision(host.id)}
     if refused:
         reply["overlay_refused"] = refused
     return reply

@@ -65,11 +65,25 @@ def settings(spec: Mapping[str, Any], rolling_back: bool) -> dict[str, Any]:
 
 
 def is_ready(inst: Instance) -> bool:
-    return inst.state == RUNNING and inst.health not in (HEALTH_STARTING, UNHEALTHY) and inst.restarts == 0
+    return _ready(inst.state, inst.health, inst.restarts)
 
 
 def has_failed(inst: Instance) -> bool:
-    return inst.state in _FAILED_STATES or inst.health == UNHEALTHY or inst.restarts > 0
+    return _failed(inst.state, inst.health, inst.restarts)
+
+
+def _ready(state: str, health: str, restarts: int) -> bool:
+    return state == RUNNING and health not in (HEALTH_STARTING, UNHEALTHY) and restarts == 0
+
+
+def _failed(state: str, health: str, restarts: int) -> bool:
+    return state in _FAILED_STATES or health == UNHEALTHY or restarts > 0
+
+
+def decisive(state: str, health: str, restarts: int) -> bool:
+    """A reported status that can move an update on: the instance is ready, or it has failed
+    (pending, pulling, starting, or running with its health check still starting, cannot)."""
+    return _ready(state, health, restarts) or _failed(state, health, restarts)
 
 
 def current_versions(version: int, state: Mapping[str, Any] | None) -> set[int]:

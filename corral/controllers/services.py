@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from corral.controllers import rollout
 from corral.images import ImageError, ResolvedImage
-from corral.model import HealthcheckSpec, InstanceSpec, PortSpec, RestartPolicy, VolumeSpec
+from corral.model import HealthcheckSpec, InstanceSpec, InstanceStatus, PortSpec, RestartPolicy, VolumeSpec
 from corral.scheduler.model import (
     HostSnapshot,
     Placement,
@@ -173,6 +173,19 @@ class ServiceController:
             self.on_kick()
         else:
             self.reconcile_all()
+
+    def kick_reports(self, statuses: list[InstanceStatus]) -> None:
+        """Statuses were reported: those that can move a rolling update on (an instance ready,
+        or failed) reconcile its service at once (:meth:`kick_instances`).  Others of a service
+        being updated change nothing; the rest kick a full pass while something time-based runs
+        (a grace period, an update's delay)."""
+        moving = [s.instance_id for s in statuses if rollout.decisive(s.state, s.health, s.restarts)]
+        if moving and self.kick_instances(moving):
+            return
+        with self._targets_lock:
+            watched = frozenset().union(*self._rolling_ids.values())
+        if self.updating and any(s.instance_id not in watched for s in statuses):
+            self.kick()
 
     def kick_instances(self, instance_ids: list[str]) -> bool:
         """Instances reported a change: the services being updated that own them are reconciled

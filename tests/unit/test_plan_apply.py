@@ -253,3 +253,31 @@ def test_a_targeted_pass_replans_on_a_stale_revision(url: str) -> None:
     web = store.get_service("web")
     slots = [i.slot for i in instances if i.service_id == web.id and i.spec_version == web.version]
     assert len(slots) == len(set(slots)) == 4, "the second pair of slots placed, once each"
+
+
+def test_reports_that_cannot_move_an_update_on_reconcile_nothing(url: str) -> None:
+    from corral.model import InstanceStatus
+
+    store = Store(open_engine(url))
+    host = store.create_host("a", dict(FACTS), {}, "h" * 64)
+    store.create_service("web", {"image": "busybox"}, 2)
+    controller = ServiceController(store, lambda _hosts: None)
+    controller.reconcile_all()
+    _report_running(store)
+    store.update_service("web", {"image": "busybox:2", "update_config": {"parallelism": 1}})
+    controller.reconcile("web")
+    web = store.get_service("web")
+    (new,) = [i.id for i in store.list_instances(web.id) if i.spec_version == web.version]
+    reads: list[int] = []
+    real_read = controller._read
+
+    def counting() -> object:
+        reads.append(1)
+        return real_read()
+    controller._read = counting  # type: ignore[method-assign]
+    controller.kick_reports([InstanceStatus(new, "starting", 0.0, "c1", None, "", 0, "")])
+    assert reads == [], "starting: nothing to decide"
+    store.heartbeat(host.id, None, [InstanceStatus(new, "running", 0.0, "c1", None, "", 0, "")])
+    controller.kick_reports([InstanceStatus(new, "running", 0.0, "c1", None, "", 0, "")])
+    assert reads, "ready: the update moves on"
+    assert sum(i.spec_version == web.version for i in store.list_instances(web.id)) == 2

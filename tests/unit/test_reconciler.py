@@ -406,3 +406,25 @@ def test_a_pass_never_duplicates_what_a_job_made_while_the_engine_was_listed(
     assert sorted(c["name"] for c in docker.containers.values()) == ["web.1.a", "web.2.new"]
     assert [name for op, name in docker.calls if op == "create"].count("web.2.new") == 1
     assert states(rec) == {"a": "running", "new": "running"}
+
+
+def test_an_update_asks_the_engine_about_its_image_once(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """During a burst of starts, the image is known to be there and to have no health check of its own:
+    no image look-up before each create, no inspect after each start (for a minute)."""
+    docker, rec, clock = env
+    asked: list[str] = []
+    real_present, real_inspect = docker.image_present, docker.inspect_container
+    docker.image_present = lambda ref: asked.append("image") or real_present(ref)  # type: ignore[method-assign]
+    docker.inspect_container = lambda cid: asked.append("inspect") or real_inspect(cid)  # type: ignore[method-assign]
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once(wait=True)
+    assert asked == ["image", "inspect"]
+    rec.set_desired(DesiredSet(2, [spec("a"), spec("b", 2), spec("c", 3, healthcheck=CHECK)]))
+    rec.run_once(wait=True)
+    assert asked.count("image") == 1
+    assert asked.count("inspect") == 2, "only c's: its own health check"
+    assert {s.instance_id: s.health for s in rec.statuses()} == {"a": "", "b": "", "c": model.HEALTH_STARTING}
+    clock.t += 61
+    rec.set_desired(DesiredSet(3, [spec("a"), spec("b", 2), spec("c", 3, healthcheck=CHECK), spec("d", 4)]))
+    rec.run_once(wait=True)
+    assert asked.count("image") == 2 and asked.count("inspect") == 3, "after a minute: asked again"

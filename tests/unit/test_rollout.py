@@ -123,3 +123,13 @@ def test_a_rollback_uses_the_rollback_settings_and_ends_as_rollback_completed() 
     assert s.place == [1, 2, 3, 4, 5]  # parallelism 0: all at once
     done = step(sp, 3, {**updating(), "state": "rolling_back"}, [Inst(f"r{n}", n, 3) for n in range(1, 6)], 9.0)
     assert done.state is not None and done.state["state"] == "rollback_completed"
+
+
+def test_only_ready_or_failed_reports_can_move_an_update_on() -> None:
+    from corral.controllers.rollout import decisive
+
+    assert decisive("running", "", 0) and decisive("running", "healthy", 0)
+    assert decisive("exited", "", 0) and decisive("pull_failed", "", 0) and decisive("running", "unhealthy", 0)
+    assert decisive("running", "", 1), "a restart is a failure"
+    assert not decisive("starting", "", 0) and not decisive("pulling", "", 0) and not decisive("pending", "", 0)
+    assert not decisive("running", "starting", 0), "not ready before its health check passes"
