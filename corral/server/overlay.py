@@ -75,14 +75,18 @@ class Overlay:
     # -- recomputing ----------------------------------------------------------------
 
     async def run(self, every: float = 0.25) -> None:
-        """Refresh when the store changed (at most every ``every`` seconds), or every few seconds."""
+        """Look at most every ``every`` seconds: replan when something the plans read changed,
+        recompute the directory when anything did (instances report often, hosts rarely
+        change), and both every few seconds for what other replicas wrote."""
         while True:
             await asyncio.sleep(every)
             seen = (self.store.overlay_generation, self.store.generation)
-            if seen == self._seen and time.monotonic() - self._refreshed_at < REFRESH_EVERY:
+            periodic = time.monotonic() - self._refreshed_at >= REFRESH_EVERY
+            if seen == self._seen and not periodic:
                 continue
+            replan = periodic or seen[0] != self._seen[0]
             try:
-                changed = await run_in_threadpool(self.refresh)
+                changed = await run_in_threadpool(self.refresh, replan)
             except Exception:  # keep serving the last plans; the next pass tries again
                 log.exception("overlay refresh failed")
                 continue
@@ -90,11 +94,13 @@ class Overlay:
             if changed:
                 self.notify(changed)
 
-    def refresh(self) -> list[str]:
-        """Recompute plans and the directory; return the hosts whose polls must wake."""
-        self._refreshed_at = time.monotonic()
-        hosts = self.store.overlay_hosts()
-        changed = self._replan(hosts)
+    def refresh(self, replan: bool = True) -> list[str]:
+        """Recompute the plans (unless ``replan`` is false) and the directory; return the hosts
+        whose polls must wake."""
+        changed: list[str] = []
+        if replan:
+            self._refreshed_at = time.monotonic()
+            changed = self._replan(self.store.overlay_hosts())
         records = [[name, stack, addresses] for name, stack, addresses in self.store.dns_entries()]
         if records != self.dns_records:
             self.dns_records = records
