@@ -36,6 +36,7 @@ from corral.model import DesiredSet, InstanceSpec, InstanceStatus
 log = logging.getLogger("corral.agent")
 
 PULL_RETRY = 10.0
+MIN_PASS_GAP = 0.1  # seconds between two passes' listings (a burst of engine events is one pass)
 IMAGE_FACTS_FOR = 60.0  # seconds an image's presence, and that it has no health check, are taken as known
 STOP_GRACE = 10  # seconds, the engine's default, for containers created without a grace period
 INGRESS_DRAIN = 1.0  # seconds between leaving the ingress rotation and being stopped
@@ -77,6 +78,8 @@ class Reconciler:
         # (one engine call less before each create and after each start while an update runs)
         self._image_present: dict[str, float] = {}
         self._image_unchecked: dict[str, float] = {}
+        self._last_pass = float("-inf")  # monotonic time of the last pass's listing
+        self._last_pass_desired: DesiredSet | None = None
         self._lock = threading.Lock()
         self._desired = DesiredSet(-1, [])
         self._books: dict[str, RestartBook] = {}
@@ -158,8 +161,15 @@ class Reconciler:
 
         Raises DockerError if the engine cannot be listed (nothing is touched then).
         Work for an instance or container still busy from an earlier pass (a slow
-        pull, a 10 s stop) is skipped, so it never delays other instances.
+        pull, a 10 s stop) is skipped, so it never delays other instances.  A pass asked
+        for within ``MIN_PASS_GAP`` of the last one, with no new desired set, is put off
+        until then (``next_due``): a burst of engine events makes one listing, not several.
         """
+        since = time.monotonic() - self._last_pass
+        if not wait and since < MIN_PASS_GAP and self._desired is self._last_pass_desired:
+            self._due(self._clock() + MIN_PASS_GAP - since)  # the loop comes back then
+            return
+        self._last_pass, self._last_pass_desired = time.monotonic(), self._desired
         with self._lock:
             self._listing = dict(self._job_slots)  # jobs running now may create containers it misses
         try:

@@ -122,6 +122,7 @@ log = logging.getLogger("corral.controllers")
 
 MAX_ATTEMPTS = 5  # replans after a stale revision before giving up until the next pass
 RESCHEDULE_LABEL = "corral.reschedule-after"  # a host label: seconds of grace before its instances move
+ROLLING_RECHECK = 3.0  # seconds between full passes while an update runs (its reports move it on at once)
 
 
 @dataclass
@@ -308,7 +309,7 @@ class ServiceController:
             return []
         active = (service.update_state or {}).get("state") in rollout.ACTIVE
         if roll.wake_at is not None or active:
-            self._due(roll.wake_at if roll.wake_at is not None else now + 1.0)
+            self._due(roll.wake_at if roll.wake_at is not None else now + ROLLING_RECHECK)
             self._rolling = self._rolling or roll.wake_at is None  # moved on by status reports, not time
         self._watch(service.name, instances if active else None)
         gone = [i.id for i in instances if self._lost(i, hosts, now)]

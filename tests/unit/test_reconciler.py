@@ -428,3 +428,30 @@ def test_an_update_asks_the_engine_about_its_image_once(env: tuple[FakeDocker, R
     rec.set_desired(DesiredSet(3, [spec("a"), spec("b", 2), spec("c", 3, healthcheck=CHECK), spec("d", 4)]))
     rec.run_once(wait=True)
     assert asked.count("image") == 2 and asked.count("inspect") == 3, "after a minute: asked again"
+
+
+def test_passes_asked_for_in_a_burst_make_one_listing(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """Engine events come in bursts (die, stop, destroy): a pass within MIN_PASS_GAP of the last one is put
+    off until the gap has passed (next_due), unless a new desired set came."""
+    from corral.agent.reconciler import MIN_PASS_GAP
+
+    docker, rec, clock = env
+    listings: list[int] = []
+    real = docker.list_containers
+    docker.list_containers = lambda **kw: listings.append(1) or real(**kw)  # type: ignore[method-assign]
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once()
+    rec.next_due = float("inf")
+    rec.run_once()
+    rec.run_once()
+    assert len(listings) == 1 and clock.t < rec.next_due <= clock.t + MIN_PASS_GAP
+    rec.set_desired(DesiredSet(2, [spec("a"), spec("b", 2)]))
+    rec.run_once()  # a new desired set: at once
+    assert len(listings) == 2
+    import time
+
+    time.sleep(MIN_PASS_GAP)
+    rec.run_once()
+    assert len(listings) == 3
+    rec.run_once(wait=True)  # wait: always a pass (tests, and the first pass)
+    assert len(listings) == 4
