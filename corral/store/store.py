@@ -204,15 +204,9 @@ class Store:
                       facts=facts, token_hash=token_hash, revision=0, created_at=now, last_seen=now,
                       next_address=0)
         with self._write() as s:
-            if self.cluster is not None:
-                taken = s.scalars(select(HostRow.subnet).where(HostRow.subnet.is_not(None)))
-                try:
-                    row.subnet = allocate(self.cluster, [t for t in taken if t])
-                except IpamError as exc:
-                    raise ConflictError(f"host {name} cannot join: {exc}") from None
             s.add(row)
             self._changed(s)
-            self._event(s, "host", "joined", name, id=row.id, platform=row.platform, subnet=row.subnet)
+            self._event(s, "host", "joined", name, id=row.id, platform=row.platform)
         self._overlay_changed()
         return row
 
@@ -359,8 +353,21 @@ class Store:
             return came_back
 
     def _overlay_report(self, s: Session, row: HostRow, overlay: dict[str, Any] | None) -> None:
+        """Store an agent's overlay report; a host's first key gets it a subnet.
+
+        Subnets go to hosts that run the overlay, when they first report a key (not at the
+        join: hosts without the overlay hold none).  When every subnet is taken, the host's
+        overlay is refused with the reason (it runs its containers without one) and the
+        hosts that have subnets keep them."""
         old = row.overlay or {}
         new = overlay or {}
+        if new.get("public_key") and row.subnet is None and self.cluster is not None:
+            taken = [t for t in s.scalars(select(HostRow.subnet).where(HostRow.subnet.is_not(None))) if t]
+            try:
+                row.subnet = allocate(self.cluster, taken)
+                self._event(s, "host", "subnet", row.name, id=row.id, subnet=row.subnet)
+            except IpamError as exc:
+                overlay = new = {**new, "error": f"no overlay subnet for this host: {exc}"}
         if int(new.get("repairs") or 0) > int(old.get("repairs") or 0) and new.get("last_repair"):
             repair = dict(new["last_repair"])
             self._event(s, "host", "overlay_repaired", row.name, id=row.id, what=repair.get("what"),
@@ -368,14 +375,6 @@ class Store:
         if bool(new.get("error")) and new.get("error") != old.get("error"):
             self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=new.get("error"))
         row.overlay = overlay
-        if new.get("public_key") and row.subnet is None and self.cluster is not None:
-            # a host that joined before the overlay existed (or before the cluster had room)
-            taken = [t for t in s.scalars(select(HostRow.subnet).where(HostRow.subnet.is_not(None))) if t]
-            try:
-                row.subnet = allocate(self.cluster, taken)
-                self._event(s, "host", "subnet", row.name, id=row.id, subnet=row.subnet)
-            except IpamError as exc:
-                self._event(s, "host", "overlay_failed", row.name, id=row.id, reason=str(exc))
         if bool(new.get("public_key")) != bool(old.get("public_key")):
             self._readdress(s, row)
         self._overlay_changed()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from corral.model import LABEL_ADDRESS
 from corral.net.addresses import SubnetFull, pick_address
@@ -18,7 +17,7 @@ from corral.net.ipam import IpamError, parse_cluster
 from corral.server.main import CLUSTER_CIDR_SETTING, HOST_PREFIX_SETTING, cluster_network, run
 from corral.server.overlay import Overlay, clean_report
 from corral.store.db import open_engine, sqlite_url
-from corral.store.store import ConflictError, Store
+from corral.store.store import Store
 from tests.unit.api_harness import Harness, harness
 
 IMG = "busybox"
@@ -83,51 +82,39 @@ def fresh_store(path: Path) -> Store:
 # ---------------------------------------------------------------- subnets
 
 
-def test_joining_hosts_get_distinct_subnets_and_a_removed_hosts_subnet_is_reused(h: Harness) -> None:
+def test_hosts_get_distinct_subnets_with_their_first_key_and_a_removed_hosts_subnet_is_reused(h: Harness) -> None:
     assert h.state.store.cluster is not None and h.state.store.cluster.cidr == "10.42.0.0/16"
-    ids = [h.register(f"h{i}")[0] for i in range(3)]
+    plain, _ = h.register("plain")  # no overlay: it holds no subnet
+    ids = [overlay_host(h, f"h{i}", i + 1)[0] for i in range(3)]
     subnets = {x.id: x.subnet for x in h.state.store.list_hosts()}
+    assert subnets[plain] is None
     assert [subnets[i] for i in ids] == ["10.42.0.0/24", "10.42.1.0/24", "10.42.2.0/24"]
-    joined = events(h, "joined")
-    assert [e["subnet"] for e in joined] == ["10.42.0.0/24", "10.42.1.0/24", "10.42.2.0/24"]
+    assert [e["subnet"] for e in events(h, "subnet")] == ["10.42.0.0/24", "10.42.1.0/24", "10.42.2.0/24"]
 
     assert h.client.delete(f"/api/v1/hosts/{ids[1]}", headers=h.as_admin()).status_code == 204
-    new_id, _ = h.register("h3")
+    new_id, _ = overlay_host(h, "h3", 9)
     assert h.state.store.get_host(new_id).subnet == "10.42.1.0/24"
-    assert len({x.subnet for x in h.state.store.list_hosts()}) == 3
+    assert len({x.subnet for x in h.state.store.list_hosts() if x.subnet}) == 3
 
 
-def full_cluster(h: Harness) -> TestClient:
-    """Two hosts joined to a cluster with room for two; a client that shows what an agent
-    would see (a server error as a status, not an exception)."""
-    ids = [h.register(name)[0] for name in ("a", "b")]
-    assert [h.state.store.get_host(i).subnet for i in ids] == ["10.42.0.0/29", "10.42.0.8/29"]
-    return TestClient(h.client.app, raise_server_exceptions=False)
-
-
-def join(h: Harness, client: TestClient, name: str) -> Any:
-    return client.post("/api/v1/agent/register", json={"facts": {"hostname": name}, "labels": {}},
-                       headers={"Authorization": f"Bearer {h.join}"})
-
-
-def test_a_full_cluster_refuses_the_next_join_and_creates_nothing(tmp_path: Path) -> None:
+def test_a_full_cluster_refuses_the_next_hosts_overlay_with_the_reason(tmp_path: Path) -> None:
     # through the server's own start: 10.42.0.0/28 in /29s holds two hosts
     with harness(tmp_path, "--cluster-cidr", "10.42.0.0/28", "--host-subnet-prefix", "29") as h:
-        client = full_cluster(h)
-        before, n_events = h.snapshot(), h.state.store.last_event_id()
-        assert join(h, client, "c").status_code >= 400
-        with pytest.raises(ConflictError) as err:
-            h.state.store.create_host("d", {}, {}, "x")
-        assert str(err.value) == "host d cannot join: cluster 10.42.0.0/28 is full: all 2 /29 host subnets are taken"
-        assert h.snapshot() == before and len(h.state.store.list_hosts()) == 2
-        assert h.state.store.last_event_id() == n_events  # no "joined" event either
-
-
-def test_a_join_to_a_full_cluster_is_a_409_naming_the_cluster(tmp_path: Path) -> None:
-    with harness(tmp_path, "--cluster-cidr", "10.42.0.0/28", "--host-subnet-prefix", "29") as h:
-        r = join(h, full_cluster(h), "c")
-        assert r.status_code == 409, r.text
-        assert "cluster 10.42.0.0/28 is full" in r.json()["detail"]
+        ids = [overlay_host(h, name, n)[0] for name, n in (("a", 1), ("b", 2))]
+        assert [h.state.store.get_host(i).subnet for i in ids] == ["10.42.0.0/29", "10.42.0.8/29"]
+        c_id, c_cred = h.register("c")  # the join itself succeeds: its containers can run
+        post_status(h, c_cred, facts={"hostname": "c", "platform": "linux/amd64", "overlay": report(3)})
+        c = h.state.store.get_host(c_id)
+        reason = "no overlay subnet for this host: cluster 10.42.0.0/28 is full: all 2 /29 host subnets are taken"
+        assert c.subnet is None and c.overlay is not None and c.overlay["error"] == reason
+        assert [e["reason"] for e in events(h, "overlay_failed")] == [reason]
+        assert [h.state.store.get_host(i).subnet for i in ids] == ["10.42.0.0/29", "10.42.0.8/29"]  # kept
+        create_service(h, "web", 3)
+        assert [i.address for i in instances(h, c_id)] == [""]  # runs, without an overlay address
+        # a freed subnet goes to it with its next report
+        assert h.client.delete(f"/api/v1/hosts/{ids[0]}", headers=h.as_admin()).status_code == 204
+        post_status(h, c_cred, facts_patch={"overlay": report(3)})
+        assert h.state.store.get_host(c_id).subnet == "10.42.0.0/29"
 
 
 # ---------------------------------------------------------------- the cluster CIDR at start
@@ -166,8 +153,8 @@ def test_a_bad_cluster_cidr_is_refused_with_a_clear_message(tmp_path: Path, cidr
 def test_changing_the_cidr_away_from_held_subnets_is_refused_and_growing_it_is_taken(tmp_path: Path) -> None:
     store = fresh_store(tmp_path)
     store.cluster = cluster_network(store, None, None)
-    store.create_host("a", {}, {}, "x")
-    store.create_host("b", {}, {}, "y")
+    for n, name in enumerate(("a", "b"), start=1):  # subnets come with a host's first overlay key
+        store.heartbeat(store.create_host(name, {}, {}, name).id, None, [], overlay=report(n))
     with pytest.raises(IpamError) as err:
         cluster_network(store, "10.43.0.0/16", None)
     assert "cannot change the cluster CIDR from 10.42.0.0/16 to 10.43.0.0/16" in str(err.value)
@@ -190,7 +177,7 @@ def test_the_server_refuses_to_start_on_a_bad_or_incompatible_cidr(tmp_path: Pat
 
     data = tmp_path / "live"
     with harness(data) as h:
-        h.register("a")
+        overlay_host(h, "a", 1)
     with pytest.raises(SystemExit) as moved:
         run(["--data-dir", str(data), "--listen", "127.0.0.1:1", "--cluster-cidr", "10.43.0.0/16"])
     assert "corral server: overlay network: cannot change the cluster CIDR" in str(moved.value.code)
@@ -246,7 +233,8 @@ def test_hosts_without_an_overlay_report_give_no_addresses(h: Harness) -> None:
     assert [i.address for i in by_host[ov]] == ["10.42.0.2", "10.42.0.3"]
     for host_id in (plain, bad):
         assert all(i.address == "" and LABEL_ADDRESS not in i.spec["labels"] for i in by_host[host_id])
-    assert h.state.store.get_host(plain).subnet == "10.42.1.0/24"  # it holds a subnet all the same
+    assert h.state.store.get_host(plain).subnet is None  # no overlay, no subnet taken
+    assert h.state.store.get_host(bad).subnet is None
 
 
 def test_a_global_instance_placed_at_join_gets_an_address_once_the_host_reports_its_key(h: Harness) -> None:
