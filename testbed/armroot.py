@@ -349,12 +349,7 @@ def build_root(arch: str, *, rebuild: bool = False, network_tools: bool = False)
             modules = _verify(tmp, info)
             stamp_path.unlink(missing_ok=True)
             _verified_path(arch).write_text(json.dumps(modules) + "\n")
-            old = ROOTS_DIR / f".{arch}.old-{os.getpid()}"
-            if root.exists():
-                os.rename(root, old)
-            os.rename(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-            stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+            _swap_in(tmp, root, stamp_path, stamp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -625,16 +620,22 @@ def _build_net_root(arch: str, *, rebuild: bool) -> Path:
             _add_net_links(tmp)
             _verify_net_tools(tmp, info)
             stamp_path.unlink(missing_ok=True)
-            old = ROOTS_DIR / f".{name}.old-{os.getpid()}"
-            if root.exists():
-                os.rename(root, old)
-            os.rename(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-            stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+            _swap_in(tmp, root, stamp_path, stamp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def _swap_in(tmp: Path, root: Path, stamp_path: Path, stamp: object) -> None:
+    """Put the finished ``tmp`` in place of ``root`` (the old one moved aside, then deleted),
+    and only then write its stamp: a crash in between leaves no stamp, so a rebuild."""
+    old = ROOTS_DIR / f".{root.name}.old-{os.getpid()}"
+    if root.exists():
+        os.rename(root, old)
+    os.rename(tmp, root)
+    shutil.rmtree(old, ignore_errors=True)
+    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
 
 
 def _merge_tree(src: Path, dst: Path) -> None:
