@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,3 +139,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, netns_host_factory: Any, r
         yield c
     finally:
         stop_cluster(c)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_quick_bench(script: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """``bench/SCRIPT --quick --json`` as a user runs it: its output, and the JSON report
+    printed after the table."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    start = p.stdout.find("\n{\n")
+    assert start >= 0, p.stdout[-2000:]
+    return p.stdout, dict(json.loads(p.stdout[start:]))

@@ -12,11 +12,9 @@ line must be there, PASS or FAIL). A second test runs ``measure_path`` through
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,7 @@ import pytest
 from testbed.daemons import RUN_DIR
 from testbed.images import BuiltImage
 from testbed.underlay import NETNS_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import run_quick_bench
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, wireguard-go)")]
@@ -46,12 +43,7 @@ def _wireguard_go_of_bench() -> list[str]:
 
 
 def test_overlay_bench_quick_reports_sane_json() -> None:
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "overlay.py"), "--quick", "--json"],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    start = p.stdout.find("\n{\n")
-    assert start >= 0, p.stdout[-2000:]
-    res = json.loads(p.stdout[start:])
+    out, res = run_quick_bench("overlay.py", timeout=240)
 
     meta = res["meta"]
     assert meta["quick"] is True and meta["seconds"] == 2 and meta["pings"] == 10
@@ -83,10 +75,10 @@ def test_overlay_bench_quick_reports_sane_json() -> None:
             rows["corral"]["throughput_mbps"] / rows["wireguard-go"]["throughput_mbps"])
         assert res["goal"]["ratios"][pair] == pytest.approx(vs_bare)
     assert res["goal"]["pass"] == all(r >= 0.8 for r in res["goal"]["ratios"].values())
-    assert "wireguard-go/underlay: throughput" in p.stdout
-    assert "corral/wireguard-go: throughput" in p.stdout
+    assert "wireguard-go/underlay: throughput" in out
+    assert "corral/wireguard-go: throughput" in out
     assert ("goal ≥ 80 % of bare wireguard-go: " + ("PASS" if res["goal"]["pass"] else "FAIL")
-            in p.stdout)
+            in out)
     assert corral["container_mtu"] == meta["mtu"]
 
     # nothing left behind: namespaces of underlay "ob" and of the Corral hosts, their dockerd,

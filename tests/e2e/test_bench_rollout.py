@@ -7,27 +7,17 @@ It asserts no goal.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import run_quick_bench
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, dockerd)")
 
 
 def test_rollout_bench_quick_reports_sane_json(registry: str) -> None:
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "rollout.py"), "--quick", "--json"],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    start = p.stdout.find("\n{\n")
-    assert start >= 0, p.stdout[-2000:]
-    res = json.loads(p.stdout[start:])
+    out, res = run_quick_bench("rollout.py", timeout=240)
 
     meta = res["meta"]
     assert meta["replicas"] == 12 and meta["parallelism"] == 4 and meta["quick"] is True
@@ -53,15 +43,15 @@ def test_rollout_bench_quick_reports_sane_json(registry: str) -> None:
         if order == "stop-first":  # every new container started after its slot's old one stopped
             assert c["analysis"]["old_die_to_new_start_median_s"] > 0
         assert f"faster_than_swarm_{order}" in res["goals"]
-    assert "Corral/Swarm" in p.stdout and "goal: faster than Swarm (stop-first)" in p.stdout
-    assert "PRE-PULLED" in p.stdout and "CPU core-s during the update" in p.stdout
+    assert "Corral/Swarm" in out and "goal: faster than Swarm (stop-first)" in out
+    assert "PRE-PULLED" in out and "CPU core-s during the update" in out
 
     gap = res["gap"]
     assert gap["requests"] > 0 and gap["answers"] + gap["failures"] == gap["requests"]
     assert gap["verdict"] in ("no gap", "gap", "no answers", "no switch to v2")
     assert res["goals"]["no_gap_start_first"] == (gap["verdict"] == "no gap")
     if gap["verdict"] == "no answers":
-        assert "NO ANSWERS" in p.stdout
+        assert "NO ANSWERS" in out
     else:
         assert gap["longest_gap_s"] is None or gap["longest_gap_s"] >= 0
-    assert "goal: no gap in answers during start-first" in p.stdout
+    assert "goal: no gap in answers during start-first" in out

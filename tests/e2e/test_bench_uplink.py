@@ -6,27 +6,17 @@ that its numbers are there and hang together. It does not assert the goal.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import run_quick_bench
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, dockerd)")
 
 
 def test_uplink_bench_quick_reports_sane_json(registry: str) -> None:
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "uplink.py"), "--quick", "--json"],
-                       capture_output=True, text=True, timeout=150, cwd=ROOT, check=False)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    start = p.stdout.find("\n{\n")
-    assert start >= 0, p.stdout[-2000:]
-    res = json.loads(p.stdout[start:])
+    out, res = run_quick_bench("uplink.py", timeout=150)
 
     assert 25 <= res["window_s"] <= 40
     assert res["running_at_end"] == 2
@@ -38,7 +28,7 @@ def test_uplink_bench_quick_reports_sane_json(registry: str) -> None:
     assert res["wire_estimate_bytes"] == res["bytes_sent"] + 52 * res["segs_out"]
     assert res["kbps_wire_estimate"] > res["kbps_payload"]
     assert "estimate" in res["wire_estimate_note"]
-    assert "on-wire ESTIMATE" in p.stdout
+    assert "on-wire ESTIMATE" in out
 
     cap = res["capture"]
     if cap is not None:  # the cross-check sees the same connections' packets
