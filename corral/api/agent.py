@@ -39,8 +39,7 @@ router = APIRouter(prefix="/api/v1/agent")
 def register(body: Register, state: ServerState = Depends(server_state)) -> dict[str, Any]:
     secret = tokens.new_secret()
     name = body.name or str(body.facts.get("hostname") or "host")
-    with store_errors():  # e.g. every subnet of the cluster CIDR is taken: 409, naming it
-        host = state.store.create_host(name, body.facts, body.labels, tokens.hash_secret(secret))
+    host = state.store.create_host(name, body.facts, body.labels, tokens.hash_secret(secret))
     state.services.kick()  # global services follow joins; a burst of joins is one pass
     return {
         "host_id": host.id,
