@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from corral.images import InvalidReference, parse_reference
 from corral.platforms import Platform
 from corral.scheduler import constraints as cons
+from corral.scheduler.model import MAX_CPU_LIMIT, MIN_MEMORY_LIMIT
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,8 +80,8 @@ class HealthcheckIn(Strict):
 
 
 class LimitsIn(Strict):
-    cpu: float | None = Field(default=None, gt=0, le=1024)
-    memory: int | None = Field(default=None, ge=4 << 20)  # bytes; Docker's minimum is 6 MiB, be lenient
+    cpu: float | None = Field(default=None, gt=0, le=MAX_CPU_LIMIT)
+    memory: int | None = Field(default=None, ge=MIN_MEMORY_LIMIT)  # bytes
 
 
 class UpdateConfigIn(Strict):

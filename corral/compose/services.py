@@ -32,7 +32,8 @@ from corral.images.errors import InvalidReference
 from corral.images.reference import parse_reference
 from corral.platforms import Platform, PlatformError
 from corral.scheduler import constraints as cons
-from corral.scheduler.model import SpecError, parse_cpu, parse_memory, parse_preference, parse_resources
+from corral.scheduler.model import (MAX_CPU_LIMIT, MIN_MEMORY_LIMIT, SpecError, parse_cpu, parse_memory,
+                                    parse_preference, parse_resources)
 
 # Service keys mapped below; every other non-x- key the schema allows gets a warning.
 HONOURED = {"image", "command", "entrypoint", "environment", "env_file", "ports", "labels", "volumes",
@@ -512,7 +513,13 @@ def _gpu_devices(device: Mapping[str, Any], path: Path, p: Problems) -> int | No
 def _limits(value: Any, path: Path, p: Problems) -> dict[str, Any] | None:
     res = _mapping(value, path, p)
     warn_unknown(res, {"cpus", "memory"}, path, p)
-    return _cpu_memory(res, path, p) or None
+    out = {k: v for k, v in _cpu_memory(res, path, p).items() if v}  # 0 means no limit, as in Docker
+    if out.get("cpu", 0) > MAX_CPU_LIMIT:
+        p.error((*path, "cpus"), f"a CPU limit can be at most {MAX_CPU_LIMIT:g} cores, got {out.pop('cpu'):g}")
+    if out.get("memory", MIN_MEMORY_LIMIT) < MIN_MEMORY_LIMIT:
+        p.error((*path, "memory"), f"a memory limit must be at least {MIN_MEMORY_LIMIT >> 20} MiB "
+                                   f"(or 0 for none), got {out.pop('memory')} bytes")
+    return out or None
 
 
 def _cpu_memory(res: Mapping[str, Any], path: Path, p: Problems) -> dict[str, Any]:

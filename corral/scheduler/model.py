@@ -234,6 +234,8 @@ def parse_preference(text: str) -> str:
 
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _MEM_UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_MEMORY_LIMIT = 4 << 20  # bytes; Docker refuses less than 6 MiB, Corral is a little more lenient
+MAX_CPU_LIMIT = 1024.0
 
 
 def parse_memory(value: Any) -> int:

@@ -116,6 +116,11 @@ CASES = [
     ("services: {web: {image: nginx, deploy: {resources: {limits: {memory: lots}}}}}",
      f"{F}: services.web.deploy.resources.limits.memory: invalid memory 'lots': expected bytes or a number with "
      "k, m, g, t (or Ki, Mi, Gi, Ti)"),
+    ("services: {web: {image: nginx, deploy: {resources: {limits: {memory: 1m}}}}}",
+     f"{F}: services.web.deploy.resources.limits.memory: a memory limit must be at least 4 MiB (or 0 for none), "
+     "got 1048576 bytes"),
+    ("services: {web: {image: nginx, deploy: {resources: {limits: {cpus: 2000}}}}}",
+     f"{F}: services.web.deploy.resources.limits.cpus: a CPU limit can be at most 1024 cores, got 2000"),
     ("services: {web: {image: nginx, deploy: {resources: {reservations: {cpus: '-1'}}}}}",
      f"{F}: services.web.deploy.resources.reservations.cpus: invalid cpu '-1'"),
     # environment and labels

@@ -212,6 +212,18 @@ def test_gpu_and_generic_reservations(tmp_path, reservations: str, expected: dic
     assert service(stack, "ml")["reservations"] == {"generic": expected}
 
 
+@pytest.mark.parametrize("limits, expected", [
+    ("{memory: '0', cpus: 0}", None),  # 0 means no limit, as in Docker
+    ("{memory: '0', cpus: '0.5'}", {"cpu": 0.5}),
+    ("{memory: 4m}", {"memory": 4 << 20}),
+])
+def test_zero_limits_mean_none(tmp_path, limits: str, expected: dict | None) -> None:
+    web = service(load(tmp_path, f"services: {{web: {{image: nginx, deploy: {{resources: {{limits: {limits}}}}}}}}}\n"),
+                  "web")
+    assert web.get("limits") == expected
+    ServiceCreate(**{k: v for k, v in web.items() if k in ServiceCreate.model_fields})
+
+
 def test_scale_and_string_values_after_interpolation(tmp_path) -> None:
     web = service(load(tmp_path, """
         services:
