@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -144,7 +144,7 @@ class InstanceSpec:
         return hashlib.sha256(raw).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:
@@ -176,6 +176,20 @@ class InstanceSpec:
 # InstanceSpec fields added after containers were first labelled with spec_hash()
 _ADDED_LATER = frozenset({"gpus", "entrypoint", "working_dir", "user", "hostname", "volumes", "healthcheck",
                           "stop_grace_period", "cpu_limit", "memory_limit"})
+
+
+def plain(value: Any) -> Any:
+    """A dataclass (and the lists, dicts and dataclasses in it) as plain dicts and lists, like
+    :func:`dataclasses.asdict` without its deep copy of every leaf: desired sets and status
+    reports are converted on every exchange, and asdict cost the server a few per cent of its CPU."""
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    names = getattr(value, "__dataclass_fields__", None)
+    if names is not None and not isinstance(value, type):
+        return {name: plain(getattr(value, name)) for name in names}
+    return value
 
 
 def _default(f: Any) -> Any:
@@ -215,7 +229,7 @@ class InstanceStatus:
     health: str = ""  # "", HEALTH_STARTING, HEALTHY, UNHEALTHY
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out: dict[str, Any] = plain(self)
         if not self.health:  # added later: servers that do not know it never see it unless it is set
             del out["health"]
         return out

@@ -31,13 +31,17 @@ from corral.agent.reconciler import Reconciler
 from corral.agent.runtime.docker import DockerClient, DockerError
 from corral.agent.session import ServerError, ServerSession, Unreachable
 from corral.agent.state import StateDir
-from corral.model import LABEL_HOST, DesiredSet
+from corral.model import HEALTH_STARTING, LABEL_HOST, PENDING, PULLING, RUNNING, STARTING, DesiredSet
 
 log = logging.getLogger("corral.agent")
 
 RESYNC_EVERY = 5.0  # seconds between reconcile passes when nothing happens
 FACTS_EVERY = 60.0
 COALESCE = 0.02  # seconds a status change waits for the next one, to share a report
+# seconds a report of in-between states only (pulling, starting, health check starting) waits for
+# the next change: it decides nothing on the server, and during a rolling update the decisive
+# "running" follows within a second or two, so most such reports ride along with it
+HOLD = 0.5
 EVENT_RECHECK = 0.5  # seconds after an engine event, a second look
 
 
@@ -182,6 +186,7 @@ class Agent:
         sent: dict[str, Any] = {}
         retry_at = 0.0  # after a failed report, changes wait for this (no hot loop while offline)
         backoff = 1.0
+        held_since: float | None = None
         while not self._stop.is_set():
             now = time.time()
             facts = self._current_facts()
@@ -189,8 +194,15 @@ class Agent:
                 facts = {**facts, "overlay": self.overlay.report()}
             statuses = {s.instance_id: s.to_dict() for s in self.reconciler.statuses()}
             changed = [v for k, v in statuses.items() if sent.get(k) != v]
-            if (not changed and facts == self._facts_sent) or now < retry_at:
+            if changed and facts == self._facts_sent and all(map(_in_between, changed)):
+                held_since = now if held_since is None else held_since
+            else:
+                held_since = None
+            if (not changed and facts == self._facts_sent) or now < retry_at or \
+                    (held_since is not None and now < held_since + HOLD):
                 due = retry_at if now < retry_at else self._facts_at + FACTS_EVERY
+                if held_since is not None:
+                    due = min(due, held_since + HOLD)
                 if self._wake_report.wait(max(0.05, due - now)):
                     time.sleep(COALESCE)  # starting -> running often follows at once: one report
                 self._wake_report.clear()
@@ -202,6 +214,7 @@ class Agent:
                 body["facts_patch"] = facts_patch(self._facts_sent, facts)
             if changed:
                 body["instances"] = changed
+            held_since = None
             try:
                 reply = self.session.call("POST", "/api/v1/agent/status", body)
                 if reply.get("overlay_refused"):
@@ -247,3 +260,9 @@ def fake_gpus(count: int) -> list[dict[str, Any]]:
     """GPUs that exist only in the facts: for test beds without GPUs, and named as such."""
     return [{"index": i, "name": "fake GPU (test bed)", "uuid": f"GPU-fake-{i}", "memory_bytes": 0}
             for i in range(count)]
+
+
+def _in_between(status: dict[str, Any]) -> bool:
+    """A status on the way to running (or to failing) that nothing on the server waits for."""
+    return status["state"] in (PENDING, PULLING, STARTING) or \
+        (status["state"] == RUNNING and status.get("health") == HEALTH_STARTING)

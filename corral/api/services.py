@@ -58,9 +58,10 @@ def _services(state: ServerState) -> list[dict[str, Any]]:
     return [service_json(s, by_service.get(s.id, []), hosts) for s in state.store.list_services()]
 
 
-@router.get("/services/{name}")
-def get_service(name: str, state: ServerState = Depends(server_state)) -> dict[str, Any]:
-    return _service_body(state, name)
+@router.get("/services/{name}", response_model=None)
+def get_service(name: str, state: ServerState = Depends(server_state)) -> Response:
+    """Cached as the listings are: watchers (``service update`` showing progress) poll it."""
+    return state.listings.response(("service", name), state.store.generation, lambda: _service_body(state, name))
 
 
 @router.patch("/services/{name}")

@@ -77,3 +77,38 @@ def test_fake_gpus_are_named_as_such() -> None:
     gpus = agent_mod.fake_gpus(2)
     assert [g["name"] for g in gpus] == ["fake GPU (test bed)"] * 2
     assert len({g["uuid"] for g in gpus}) == 2
+
+
+def test_in_between_states_wait_for_the_next_change_decisive_ones_go_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_mod.facts_mod, "collect_facts", lambda *a, **k: {"platform": "linux/amd64"})
+    server = RecordingServer()
+    agent = agent_mod.Agent(server, FakeDocker(), StateDir(tmp_path), "host-1", {},  # type: ignore[arg-type]
+                            heartbeat=30)
+    t = threading.Thread(target=agent._report_loop, daemon=True)
+    t.start()
+    deadline = time.time() + 5
+    while not server.bodies and time.time() < deadline:
+        time.sleep(0.01)
+
+    def sent_after(report: Any, *args: Any, **kw: Any) -> tuple[float, list[dict[str, Any]]]:
+        before, start = len(server.bodies), time.time()
+        report(*args, **kw)
+        while len(server.bodies) == before and time.time() < start + 5:
+            time.sleep(0.005)
+        return time.time() - start, server.bodies[-1].get("instances", [])
+
+    try:
+        # starting, then running 0.2 s later: one report, with running
+        took, sent = sent_after(lambda: (agent.reconciler._report("a", "starting"), time.sleep(0.2),
+                                         agent.reconciler._report("a", "running", container_id="c1")))
+        assert [s["state"] for s in sent] == ["running"] and took < 0.2 + agent_mod.HOLD
+        # a lone in-between state goes after the hold
+        took, sent = sent_after(agent.reconciler._report, "b", "pulling")
+        assert [s["state"] for s in sent] == ["pulling"] and agent_mod.HOLD - 0.05 <= took < agent_mod.HOLD + 0.5
+        # a failure does not wait
+        took, sent = sent_after(agent.reconciler._report, "b", "failed", error="boom")
+        assert [s["state"] for s in sent] == ["failed"] and took < agent_mod.HOLD - 0.1
+    finally:
+        agent.stop()
+        t.join(5)

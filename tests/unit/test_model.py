@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -29,6 +30,13 @@ def test_an_instance_spec_round_trips_through_json() -> None:
     wire = json.loads(json.dumps(FULL.to_dict()))
     assert InstanceSpec.from_dict(wire) == FULL
     assert DesiredSet.from_dict(json.loads(json.dumps(DesiredSet(7, [FULL]).to_dict()))) == DesiredSet(7, [FULL])
+
+
+def test_to_dict_is_asdict_without_sharing_anything_with_the_spec() -> None:
+    body = FULL.to_dict()
+    assert body == dataclasses.asdict(FULL)
+    body["env"]["A"], body["volumes"][0]["target"], body["command"][0] = "2", "/x", "x"
+    assert FULL.env == {"A": "1"} and FULL.volumes[0].target == "/data" and FULL.command == ["serve"]
 
 
 def test_an_older_server_may_leave_the_new_fields_out() -> None:
