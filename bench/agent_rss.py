@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.deploy_latency import TRAP_CMD, TRAP_SCRIPT, cli, containers  # noqa: E402
+from bench.common import on_sigterm  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
 from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import build_busybox  # noqa: E402
@@ -53,9 +54,6 @@ HOST_INDEX = 202
 REPLICAS = 20
 GOAL_MB = 40.0
 
-
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
 
 
 def status_fields(pid: int) -> dict[str, int]:
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--idle must be 1..3600 seconds")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, dockerd)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     registry = ensure_registry()
     image = build_busybox(registry)

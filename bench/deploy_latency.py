@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import BenchError, on_sigterm  # noqa: E402
 from corral.agent.reconciler import parse_docker_time  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
 from testbed.daemons import docker_request, ensure_registry  # noqa: E402
@@ -73,12 +74,6 @@ RUN_TIMEOUT = 60.0  # one deploy, or one removal, must finish within this
 METHODS = ("docker run", "swarm", "corral")
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
 
 
 # ---------------------------------------------------------------- engine helpers
@@ -332,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--runs must be 1..1000, --warmup 0..20, --corral-poll 0.001..1")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, dockerd)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     registry = ensure_registry()
     image = build_busybox(registry)

@@ -105,6 +105,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import corral  # noqa: E402
+from bench.common import BenchError, on_sigterm  # noqa: E402
 from corral import tokens  # noqa: E402
 from testbed import daemons  # noqa: E402
 from testbed.cluster import ServerProc  # noqa: E402
@@ -871,10 +872,6 @@ async def simulate(server: ServerProc, args: argparse.Namespace, db: str, image:
         admin_pool.shutdown(wait=False, cancel_futures=True)
 
 
-class BenchError(Exception):
-    pass
-
-
 def say(msg: str) -> None:
     print(f"{dt.datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
 
@@ -1062,9 +1059,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_sigterm(*_: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, on_sigterm)
     if os.geteuid() != 0:

@@ -107,6 +107,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import BenchError, log, on_sigterm  # noqa: E402
 from corral.agent.wireguard import Peer, WireGuard, find_wireguard_go, netns_runner  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
 from testbed.daemons import ensure_binfmt, ensure_registry  # noqa: E402
@@ -140,16 +141,7 @@ TOOLS = {"iperf3": "iperf3", "wireguard-go": "wireguard-go", "wg": "wireguard-to
          "iptables": "iptables"}
 
 
-class BenchError(RuntimeError):
-    pass
 
-
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def ifname(host: str) -> str:
@@ -851,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
     if missing:
         ap.error(f"missing Debian packages: {' '.join(missing)} (scripts/install-deps.sh)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     work = Path(tempfile.mkdtemp(prefix="corral-bench-overlay-"))
     keys = work / "keys"

@@ -88,6 +88,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import BenchError, log, on_sigterm  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc  # noqa: E402
 from testbed.daemons import docker_request, ensure_registry  # noqa: E402
 from testbed.images import (  # noqa: E402
@@ -120,16 +121,7 @@ _MACHINES = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "armv7l": "linux
 _PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class BenchError(RuntimeError):
-    pass
 
-
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 class Deadline:
@@ -933,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--orders from stop-first,start-first, --port 1025..65535")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, dockerd)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     dl = Deadline(deadline)
 
     registry = ensure_registry()

@@ -77,6 +77,7 @@ if str(REPO) not in sys.path:
 
 from bench.agent_rss import find_agent_pid  # noqa: E402
 from bench.deploy_latency import containers  # noqa: E402
+from bench.common import BenchError, on_sigterm  # noqa: E402
 from corral import tokens  # noqa: E402
 from corral.model import LABEL_SERVICE  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
@@ -99,12 +100,6 @@ COUNTERS = ("bytes_sent", "bytes_acked", "bytes_received", "segs_out", "segs_in"
             "data_segs_out", "data_segs_in")
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _sigterm(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
 
 
 class Deadline:
@@ -612,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--duration must be 5..3600 seconds")
     if os.geteuid() != 0:
         ap.error("run as root (network namespaces, dockerd)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     deadline = Deadline(SETUP_BUDGET + duration)
 
     registry = ensure_registry()
