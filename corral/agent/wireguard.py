@@ -33,8 +33,6 @@ an argv, a log line or an error message: they go through stdin and a 0600 file.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import logging
@@ -47,6 +45,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from corral.net.keys import key_problem
 
 log = logging.getLogger("corral.agent.wireguard")
 
@@ -152,23 +152,11 @@ def netns_runner(netns_path: str) -> SubprocessRunner:
 
 
 def validate_key(key: str, what: str = "public key") -> str:
-    """Return ``key`` if it is the base64 of exactly 32 bytes, else raise InvalidConfig.
-
-    The message never repeats the key (it may be a private one)."""
-    if not isinstance(key, str):
-        raise InvalidConfig(f"malformed WireGuard {what}: expected a string, got "
-                            f"{type(key).__name__}")
-    if len(key) != 44:
-        raise InvalidConfig(f"malformed WireGuard {what}: expected 44 characters of base64 "
-                            f"(32 bytes), got {len(key)} characters")
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidConfig(f"malformed WireGuard {what}: not valid base64") from None
-    if len(raw) != 32:
-        raise InvalidConfig(f"malformed WireGuard {what}: decodes to {len(raw)} bytes, not 32")
-    if base64.b64encode(raw).decode() != key:
-        raise InvalidConfig(f"malformed WireGuard {what}: not canonical base64")
+    """Return ``key`` if it is the base64 of exactly 32 bytes, else raise InvalidConfig
+    (whose message never repeats the key: it may be a private one)."""
+    problem = key_problem(key, what)
+    if problem is not None:
+        raise InvalidConfig(problem)
     return key
 
 

@@ -44,8 +44,6 @@ to every host and must not depend on their resolvers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import ipaddress
 import json
@@ -54,6 +52,8 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from corral.net.keys import key_problem
 
 DEFAULT_KEEPALIVE = 25
 MAX_KEEPALIVE = 65535
@@ -70,25 +70,11 @@ class MeshInputError(ValueError):
 
 
 def validate_public_key(key: object) -> str:
-    """Return ``key`` if it is a WireGuard key: canonical base64 of exactly 32 bytes
-    (44 characters). The message never repeats the key: it may be a private one pasted in
-    the wrong place."""
-    if not isinstance(key, str):
-        raise MeshInputError(f"malformed WireGuard public key: expected a string, got "
-                             f"{type(key).__name__}")
-    if len(key) != 44:
-        raise MeshInputError(f"malformed WireGuard public key: expected 44 characters of "
-                             f"base64 (32 bytes), got {len(key)} characters")
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raise MeshInputError("malformed WireGuard public key: not valid base64") from None
-    if len(raw) != 32:
-        raise MeshInputError(f"malformed WireGuard public key: decodes to {len(raw)} bytes, "
-                             f"not 32")
-    if base64.b64encode(raw).decode() != key:
-        raise MeshInputError("malformed WireGuard public key: not canonical base64")
-    return key
+    """Return ``key`` if it is a WireGuard key (see :func:`corral.net.keys.key_problem`)."""
+    problem = key_problem(key)
+    if problem is not None:
+        raise MeshInputError(problem)
+    return key  # type: ignore[return-value]
 
 
 def _parse_endpoint(endpoint: object) -> tuple[IPAddr, int]:
