@@ -43,6 +43,7 @@ LABEL_SERVICE = "io.corral.service"
 LABEL_SPEC = "io.corral.spec"
 # an instance's address on its host's overlay subnet: the agent creates the container there
 LABEL_ADDRESS = "io.corral.address"
+LABEL_STOP_GRACE = "io.corral.stop-grace"  # seconds; saves an inspect before each stop
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,10 @@ class Agent:
         if desired.revision == self.reconciler.desired.revision:
             return
         self.state.save_desired(desired)  # on disk before acting on it
-        self.reconciler.set_desired(desired)
+        handled = self.reconciler.set_desired(desired)
         log.info("desired set revision %d: %d instances", desired.revision, len(desired.instances))
-        self.poke()
+        if not handled:
+            self.poke()
 
     def _channel_loop(self) -> None:
         backoff = 1.0
@@ -239,7 +240,10 @@ class Agent:
             try:
                 with self.docker.events(filters) as stream:
                     self.poke()  # the stream (re)opened: the engine may have restarted
-                    for _ in stream:
+                    for event in stream:
+                        cid = (event.get("Actor") or {}).get("ID") or event.get("id") or ""
+                        if self.reconciler.ours(str(cid), str(event.get("Action") or "")):
+                            continue
                         self.poke()
                         # the engine may list a container as running for a moment after its
                         # `die`: look once more shortly after

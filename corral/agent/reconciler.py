@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ from corral.model import DesiredSet, InstanceSpec, InstanceStatus
 log = logging.getLogger("corral.agent")
 
 PULL_RETRY = 10.0
+EXPECT_FOR = 120.0  # seconds an engine event this agent caused may take to arrive
 MIN_PASS_GAP = 0.1  # seconds between two passes' listings (a burst of engine events is one pass)
 IMAGE_FACTS_FOR = 60.0  # seconds an image's presence, and that it has no health check, are taken as known
 STOP_GRACE = 10  # seconds, the engine's default, for containers created without a grace period
@@ -89,28 +91,35 @@ class Reconciler:
         self._ingress = ingress
         self._routes: dict[int, list[tuple[str, int]]] = {}
         self._draining: set[str] = set()  # containers just taken out of the ingress rotation
+        # engine events this agent's own jobs are about to cause (container id -> (actions, until)):
+        # they need no pass of their own, as the job reports what it did
+        self._ours: dict[str, tuple[set[str], float]] = {}
 
     # -- inputs and outputs ---------------------------------------------------
 
-    def set_desired(self, desired: DesiredSet) -> None:
+    def set_desired(self, desired: DesiredSet) -> bool:
+        """Take a new desired set and act on what changed at once where that is safe
+        (:meth:`_act_now`).  True when that was all of it, so no pass is needed for it."""
         with self._lock:
             previous, self._desired = self._desired, desired
             wanted = {i.id for i in desired.instances}
             for table in (self._books, self._pull_retry_at, self._statuses, self._hashes):
                 for iid in [k for k in table if k not in wanted]:
                     del table[iid]
-        self._start_new(previous, desired)
+        return self._act_now(previous, desired)
 
-    def _start_new(self, previous: DesiredSet, desired: DesiredSet) -> None:
-        """Start the instances that are new to this host at once, without waiting for the next
-        pass and its listing: a rolling update's next slot moves on sooner.  Only where the last
-        listing is sure to be complete for them: no container of theirs can exist (only their own
-        jobs make one, and none has run), and every container leaving their slot is known (then
-        stop-first replaces it as a pass would).  Everything else waits for the pass."""
+    def _act_now(self, previous: DesiredSet, desired: DesiredSet) -> bool:
+        """Start the instances new to this host, and remove those that left it, at once, without
+        waiting for the next pass and its listing: a rolling update's next slot moves on sooner,
+        and a desired set costs the engine no listing.  Only where the last listing is sure to be
+        complete for them: no container of a new instance can exist (only its own jobs make one,
+        and none has run), and every container of a leaving instance or slot is known (then
+        stop-first replaces it as a pass would).  True if nothing was left for the pass: nothing
+        unsure, no spec changed in place, no ingress port (its routes are set by passes)."""
         listed = self._listed
         if listed is None:
-            return  # no listing yet (e.g. a desired set read from disk at start): the pass decides
-        known = {i.id for i in previous.instances}
+            return False  # no listing yet (e.g. a desired set read from disk at start): the pass decides
+        before = {i.id: i for i in previous.instances}
         wanted = {i.id for i in desired.instances}
         with self._lock:
             since = dict(self._since_listing)
@@ -121,15 +130,36 @@ class Reconciler:
             if iid not in wanted:
                 for c in cs:
                     leaving.setdefault(slot_of(c), []).append(c)
+        done = not any(p.mode == "ingress" for spec in (*previous.instances, *desired.instances) for p in spec.ports
+                       if spec.id not in before or spec.id not in wanted)
+        taken: set[str] = set()
         for spec in desired.instances:
+            if spec.id in before:
+                done = done and before[spec.id] == spec
+                continue
             slot = (spec.service, spec.slot)
-            if spec.id in known or spec.id in listed or spec.id in since or spec.id in busy or slot in unsure:
+            if spec.id in listed or spec.id in since or spec.id in busy or slot in unsure:
+                done = False
                 continue
             olds = leaving.get(slot, [])
+            taken.update(c.id for c in olds)
             if olds:
-                self._submit(self._pool, spec.id, self._replace, spec, olds, also=[c.id for c in olds], slot=slot)
+                job = self._submit(self._pool, spec.id, self._replace, spec, olds, also=[c.id for c in olds], slot=slot)
             else:
-                self._submit(self._pool, spec.id, self._ensure, spec, [], slot=slot)
+                job = self._submit(self._pool, spec.id, self._ensure, spec, [], slot=slot)
+            done = done and job is not None
+        gone = [iid for iid in before if iid not in wanted]
+        for iid in gone:
+            if iid in since or iid in busy:
+                done = False
+                continue
+            for c in listed.get(iid, []):
+                if c.id not in taken:
+                    done = self._submit(self._removals, c.id, self._remove, c) is not None and done
+        with self._lock:
+            if self._listed is listed:  # what was just handed to jobs is no longer there to act on
+                self._listed = {iid: cs for iid, cs in listed.items() if iid not in gone}
+        return done
 
     @property
     def desired(self) -> DesiredSet:
@@ -150,6 +180,27 @@ class Reconciler:
             self._statuses[iid] = InstanceStatus(iid, state, since if since is not None else self._clock(),
                                                  container_id, exit_code, error, book.restarts, health)
         self._on_change()
+
+    def ours(self, container_id: str, action: str) -> bool:
+        """An engine event this agent caused itself (it started or removed that container): the
+        job that did it already reports the outcome, so no pass is needed.  A container that dies
+        on its own, or one this agent did not touch, is not ours."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._ours) > 64:  # events that never came (a container already stopped)
+                self._ours = {cid: v for cid, v in self._ours.items() if v[1] > now}
+            actions, until = self._ours.get(container_id, (set(), 0.0))
+            if action not in actions or until <= now:
+                return False
+            actions.discard(action)
+            if not actions:
+                del self._ours[container_id]
+            return True
+
+    def _expect(self, container_id: str, *actions: str) -> None:
+        with self._lock:
+            known = self._ours.get(container_id, (set(), 0.0))[0]
+            self._ours[container_id] = (known | set(actions), time.monotonic() + EXPECT_FOR)
 
     # -- one pass -------------------------------------------------------------
 
@@ -337,7 +388,10 @@ class Reconciler:
             time.sleep(INGRESS_DRAIN)
         try:
             if c.state == "running":
-                self.docker.stop(c.id, timeout=stop_grace(self.docker.inspect_container(c.id)))
+                label = c.labels.get(model.LABEL_STOP_GRACE, "")
+                grace = float(label) if label.isdigit() else stop_grace(self.docker.inspect_container(c.id))
+                self._expect(c.id, "stop", "die")
+                self.docker.stop(c.id, timeout=grace)
         except NotFound:
             pass  # gone meanwhile
         except DockerError as exc:
@@ -349,6 +403,7 @@ class Reconciler:
 
     def _delete(self, c: ContainerInfo) -> None:
         try:
+            self._expect(c.id, "destroy")
             self.docker.remove(c.id, force=True)
         except NotFound:
             pass  # gone meanwhile
@@ -497,7 +552,9 @@ class Reconciler:
                 return
         labels = {**spec.labels, model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id,
                   model.LABEL_INSTANCE: spec.id, model.LABEL_SERVICE: spec.service,
-                  model.LABEL_SPEC: self._hash(spec)}
+                  model.LABEL_SPEC: self._hash(spec),
+                  model.LABEL_STOP_GRACE: str(STOP_GRACE if spec.stop_grace_period is None
+                                              else math.ceil(spec.stop_grace_period))}
         self._report(spec.id, model.STARTING)
         env = dict(spec.env)
         if spec.gpus:
@@ -506,6 +563,7 @@ class Reconciler:
         if before_start is not None:
             before_start()
         try:
+            self._expect(cid, "start")
             self.docker.start(cid)
         except DockerError as exc:
             # e.g. a port already taken: keep the container, report, and retry with backoff

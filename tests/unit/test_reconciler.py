@@ -311,6 +311,34 @@ def test_removed_containers_get_their_own_grace_period(grace: float | None, expe
     assert [c["options"]["stop_grace_period"] for c in docker.containers.values()] == [5.0]
 
 
+def test_the_grace_period_comes_from_the_label_without_an_inspect(env: tuple[FakeDocker, Reconciler, Clock],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a", stop_grace_period=3.5), spec("b", 2, stop_grace_period=3.5)]))
+    rec.run_once(wait=True)
+    a, b = docker.containers
+    assert docker.containers[a]["labels"][model.LABEL_STOP_GRACE] == "4"
+    del docker.containers[b]["labels"][model.LABEL_STOP_GRACE]  # made by an agent before the label existed
+    inspected: list[str] = []
+    real = docker.inspect_container
+    monkeypatch.setattr(docker, "inspect_container", lambda cid: inspected.append(cid) or real(cid))
+    rec.set_desired(DesiredSet(2, []))
+    rec.run_once(wait=True)
+    assert docker.stop_timeouts == {a: 4, b: 4} and inspected == [b]
+
+
+def test_engine_events_the_agent_caused_need_no_pass(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once(wait=True)
+    (a,) = docker.containers
+    assert rec.ours(a, "start") and not rec.ours(a, "start")  # each expected event once
+    assert not rec.ours(a, "die") and not rec.ours("other", "start")  # a crash is not the agent's doing
+    rec.set_desired(DesiredSet(2, []))
+    rec.run_once(wait=True)
+    assert [rec.ours(a, action) for action in ("stop", "die", "destroy", "health_status")] == [True, True, True, False]
+
+
 def test_stop_first_on_one_host_starts_the_new_instance_after_the_old_one_has_stopped(
         env: tuple[FakeDocker, Reconciler, Clock]) -> None:
     """An update replaced slot 1's instance on this host: never two processes of one slot at once.
@@ -385,6 +413,42 @@ def test_a_new_instance_starts_as_its_desired_set_arrives(env: tuple[FakeDocker,
     assert docker.calls.index(("stop", old)) < docker.calls.index(("start", new))
     rec.run_once(wait=True)  # the pass that follows finds nothing to add
     assert [op for op, _ in docker.calls].count("create") == 4
+
+
+def test_a_start_first_step_needs_no_pass_and_no_listing(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """start-first: a new instance joins the slot, later the old one leaves; both desired sets are acted on at
+    once, from the last listing, and the agent is told that no pass is needed for them."""
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("old"), spec("b", 2)]))
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)
+    listings: list[int] = []
+    real = docker.list_containers
+    docker.list_containers = lambda **kw: listings.append(1) or real(**kw)  # type: ignore[method-assign]
+    (old,) = [k for k, c in docker.containers.items() if c["name"] == "web.1.old"]
+    assert rec.set_desired(DesiredSet(2, [spec("old"), spec("new"), spec("b", 2)])) is True
+    assert _eventually(lambda: states(rec).get("new") == "running" and not rec._busy)
+    assert rec.set_desired(DesiredSet(3, [spec("new"), spec("b", 2)])) is True
+    assert _eventually(lambda: old not in docker.containers and not rec._busy)
+    assert sorted(c["name"] for c in docker.containers.values()) == ["web.1.new", "web.2.b"] and listings == []
+    rec.run_once(wait=True)  # the next pass finds nothing left to do
+    assert len(listings) == 1 and [op for op, _ in docker.calls].count("remove") == 1
+
+
+@pytest.mark.parametrize("change", ["ingress port", "spec changed in place", "no listing yet"])
+def test_what_needs_a_pass_still_asks_for_one(change: str, env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    docker, rec, _ = env
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    if change != "no listing yet":
+        rec.run_once(wait=True)
+        rec.run_once(wait=True)
+    if change == "ingress port":
+        nxt = [spec("a"), spec("b", 2, ports=[model.PortSpec(8080, 80, mode="ingress")])]
+    elif change == "spec changed in place":
+        nxt = [spec("a", env={"X": "1"})]
+    else:
+        nxt = [spec("a"), spec("b", 2)]
+    assert rec.set_desired(DesiredSet(2, nxt)) is False
 
 
 def test_a_pass_never_duplicates_what_a_job_made_while_the_engine_was_listed(
