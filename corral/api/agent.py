@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from corral import tokens
 from corral.api.auth import require_host, require_join, server_state
+from corral.api.cache import json_response
 from corral.api.errors import store_errors
 from corral.api.registries import pull_auth
 from corral.api.schemas import Heartbeat, LogChunk, Register
@@ -89,7 +90,7 @@ def _overlay_report(facts: dict[str, Any] | None, patch: dict[str, Any] | None) 
 async def channel(request: Request, revision: int = Query(default=-1),
                   wait: float = Query(default=25.0, ge=0, le=120), mesh: str | None = Query(default=None),
                   dns: int | None = Query(default=None), host: HostIdentity = Depends(require_host),
-                  state: ServerState = Depends(server_state)) -> dict[str, Any] | Response:
+                  state: ServerState = Depends(server_state)) -> Response:
     """``mesh`` (the digest of the overlay plan the agent holds) and ``dns`` (the generation
     of its directory) are sent by agents that run the overlay; the poll also answers when
     either is stale."""
@@ -109,7 +110,7 @@ async def _disconnected(request: Request) -> None:
 
 async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: float,
                 gone: asyncio.Future[None], mesh: str | None = None,
-                dns: int | None = None) -> dict[str, Any] | Response:
+                dns: int | None = None) -> Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     extra = {"heartbeat_interval": state.heartbeat_interval, "poll_wait": state.poll_wait}
@@ -129,10 +130,10 @@ async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: flo
                                     **extra, **news}
             if current != revision:
                 body["desired"] = await run_in_threadpool(_desired_with_auth, state, host.id)
-            return body
+            return json_response(body)
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return {"revision": current, "log_requests": [], **extra}
+            return json_response({"revision": current, "log_requests": [], **extra})
         # Wake on notify; look again now and then (the table is refreshed from the store every
         # second, so a change made by another server replica arrives within a few seconds).
         await state.notifier.wait(host.id, seen, min(remaining, 5.0), gone)

@@ -19,6 +19,12 @@ from typing import Any
 from fastapi import Response
 
 
+def json_response(body: Any) -> Response:
+    """``body`` as compact JSON, without FastAPI's jsonable_encoder walk (slow on big bodies such
+    as listings and desired sets): for bodies that are plain JSON types already."""
+    return Response(content=json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
+
+
 class ListingCache:
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl

@@ -74,12 +74,15 @@ def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instanc
     for inst in instances:
         if inst.id not in exclude and inst.service_id in services:
             per_host[inst.host_id].append(inst)
+    reserved: dict[str, Resources] = {}  # per service, parsed once (not once per instance)
     snaps = []
     for h in hosts.values():
         mine = per_host.get(h.id, [])
         allocated = Resources()
         for inst in mine:
-            allocated = allocated + parse_resources(services[inst.service_id].spec.get("reservations"))
+            if inst.service_id not in reserved:
+                reserved[inst.service_id] = parse_resources(services[inst.service_id].spec.get("reservations"))
+            allocated = allocated + reserved[inst.service_id]
         snaps.append(HostSnapshot(
             id=h.id, hostname=h.name, state=h.state, availability=h.availability,
             platforms=host_platforms(h.platform, h.facts.get("emulated_platforms") or (), bool(h.facts.get("arm32"))),
