@@ -130,7 +130,7 @@ class Reconciler:
             if iid not in wanted:
                 for c in cs:
                     leaving.setdefault(slot_of(c), []).append(c)
-        done = not any(p.mode == "ingress" for spec in (*previous.instances, *desired.instances) for p in spec.ports
+        done = not any(_ingress(spec) for spec in (*previous.instances, *desired.instances)
                        if spec.id not in before or spec.id not in wanted)
         taken: set[str] = set()
         for spec in desired.instances:
@@ -148,7 +148,8 @@ class Reconciler:
             else:
                 job = self._submit(self._pool, spec.id, self._ensure, spec, [], slot=slot)
             done = done and job is not None
-        gone = [iid for iid in before if iid not in wanted]
+        # an instance in an ingress rotation leaves it in a pass (routes first, then a drain, then the stop)
+        gone = [iid for iid, spec in before.items() if iid not in wanted and not _ingress(spec)]
         for iid in gone:
             if iid in since or iid in busy:
                 done = False
@@ -598,6 +599,10 @@ class Reconciler:
             else:
                 self._image_unchecked[spec.image] = now + IMAGE_FACTS_FOR
         return health
+
+
+def _ingress(spec: InstanceSpec) -> bool:
+    return any(p.mode == "ingress" for p in spec.ports)
 
 
 def slot_of(c: ContainerInfo) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -449,6 +450,21 @@ def test_what_needs_a_pass_still_asks_for_one(change: str, env: tuple[FakeDocker
     else:
         nxt = [spec("a"), spec("b", 2)]
     assert rec.set_desired(DesiredSet(2, nxt)) is False
+
+
+def test_an_instance_in_an_ingress_rotation_leaves_only_in_a_pass(env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """Its route goes first, then it drains, then it stops: never stopped while traffic may still reach it."""
+    docker, rec, _ = env
+    web = model.PortSpec(8080, 80, mode="ingress")
+    rec.set_desired(DesiredSet(1, [spec("old", ports=[web]), spec("new", 2, ports=[web])]))
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)
+    (old,) = [k for k, c in docker.containers.items() if c["name"] == "web.1.old"]
+    assert rec.set_desired(DesiredSet(2, [spec("new", 2, ports=[web])])) is False
+    time.sleep(0.05)
+    assert old in docker.containers and ("stop", old) not in docker.calls  # left to the pass
+    rec.run_once(wait=True)
+    assert old not in docker.containers
 
 
 def test_a_pass_never_duplicates_what_a_job_made_while_the_engine_was_listed(
