@@ -73,29 +73,13 @@ class Cli:
 
 
 def outcomes(deploy_output: str) -> dict[str, list[str]]:
-    """``created: a, b`` lines of ``stack deploy`` -> {"created": ["a", "b"]}.
-
-    A global service redeployed unchanged is reported ``scaled`` (GLOBAL_SCALED_BUG); it is
-    counted as ``unchanged`` here, and test_redeploying_the_same_file_changes_nothing says so.
-    """
+    """``created: a, b`` lines of ``stack deploy`` -> {"created": ["a", "b"]}."""
     out: dict[str, list[str]] = {}
     for line in deploy_output.splitlines():
         key, sep, rest = line.partition(": ")
         if sep and key in ("created", "updated", "scaled", "removed", "unchanged"):
             out[key] = sorted(x.strip() for x in rest.split(","))
-    if PROBE in out.get("scaled", []):
-        out["scaled"].remove(PROBE)
-        out["unchanged"] = sorted([*out.get("unchanged", []), PROBE])
-        if not out["scaled"]:
-            del out["scaled"]
     return out
-
-
-GLOBAL_SCALED_BUG = (
-    "corral/store/store.py:424 (apply_stack): a global service's `replicas` is the count of "
-    "eligible hosts the controller wrote, but the redeployed spec carries ServiceCreate's default "
-    "replicas=1, so an unchanged global service is reported `scaled`, a `scaled` event is logged "
-    "and replicas flips to 1 until the next reconcile sets it back")
 
 
 _FETCH = """
@@ -305,9 +289,7 @@ def test_redeploying_the_same_file_changes_nothing(cluster: Cluster, cli: Cli,
     time.sleep(2)  # what a change would have set off has had time to start
     assert {n.host.name: sorted(c.id for c in n.containers()) for n in cluster.nodes} == before
     assert {name: cluster.service(name)["version"] for name in ALL} == versions
-    assert cluster.service(PROBE)["replicas"] == 3
-    if f"scaled: {PROBE}" in p.stdout:
-        pytest.xfail(GLOBAL_SCALED_BUG)
+    assert cluster.service(PROBE)["replicas"] == 3  # the global one: every host, not the file's default 1
 
 
 def test_stack_ls_services_ps(cluster: Cluster, cli: Cli, shop: subprocess.CompletedProcess[str]) -> None:
@@ -336,15 +318,6 @@ def test_stack_ls_services_ps(cluster: Cluster, cli: Cli, shop: subprocess.Compl
 
 
 # ---------------------------------------------------------------- kv: data in a named volume
-
-
-STOP_FIRST_OVERLAP = (
-    "stop-first is not stop-then-start on the host: the server drops the old instance from the "
-    "desired set and adds the new one in the same revision, and the agent starts the new container "
-    "while the old one is still stopping (corral/agent/reconciler.py run_once: creations and "
-    "removals run in parallel pools; _remove also sleeps INGRESS_DRAIN first), so two kv "
-    "processes ran on the same named volume at once (Swarm stops the old task first); with a "
-    "host-mode port the new container would fail to start (port taken) and count as a failed update")
 
 
 def test_kv_data_survives_container_replacement(cluster: Cluster, cli: Cli,
@@ -377,29 +350,15 @@ def test_kv_data_survives_container_replacement(cluster: Cluster, cli: Cli,
         first, old = (headers["x-kv-host"], headers["x-kv-started"]), new
     assert sum(engine_counts(cluster, KV).values()) == 1
     assert outcomes(cli.deploy().stdout) == {"unchanged": ALL}  # back to what the file says
-    if overlap > 1:
-        pytest.xfail(STOP_FIRST_OVERLAP)
+    assert overlap <= 1, f"stop-first: {overlap} kv containers ready at once on one named volume"
 
 
 # ---------------------------------------------------------------- rolling updates of web
 
 
-READY_RACE_BUG = (
-    "start-first removes the old instance before the new one is healthy: the agent reports "
-    "`running` with health '' right after starting a container that has a health check "
-    "(corral/agent/reconciler.py:327, also :262 after a restart), and corral/controllers/rollout.py "
-    "is_ready() takes health '' as ready, so the old instance goes ~1 s before the new one passes "
-    "its check and the host has fewer ready instances than replicas meanwhile")
-ROLLBACK_EVENT_BUG = (
-    "corral/controllers/services.py:252-254: on failure_action rollback the controller calls "
-    "store.rollback_service() and returns, dropping Step.state and Step.event: no `update_failed` "
-    "event is written and update.message (which instance failed, why) is lost")
-
-
 def test_failed_update_rolls_back_without_dropping_below_replicas(cluster: Cluster, cli: Cli,
                                                                   images: StackImages,
                                                                   shop: subprocess.CompletedProcess[str]) -> None:
-    known: list[str] = []
     version = cluster.service(WEB)["version"]
     with cluster.api() as c:
         last_event = max([0] + [e["id"] for e in c.get("/api/v1/events").json()])
@@ -429,22 +388,7 @@ def test_failed_update_rolls_back_without_dropping_below_replicas(cluster: Clust
                    if e["id"] > last_event]
     assert actions[0] == "update_started" and actions[-1] == "rollback_completed", actions
     assert "rollback_started" in actions, actions
-    if "update_failed" not in actions or "failed" not in svc["update"]["message"]:
-        known.append(ROLLBACK_EVENT_BUG + f" (events: {actions}, message: {svc['update']['message']!r})")
-    if known:
-        pytest.xfail("; ".join(known))
-
-
-FAILURE_MISSED_BUG = (
-    "with no delay between batches an update to an image that exits at once completes, every "
-    "replica crash-looping, and failure_action rollback never fires: (1) READY_RACE: each new "
-    "instance counts as ready on its first `running` report, before its health check ran; "
-    "(2) corral/controllers/rollout.py _FAILED_STATES lacks RESTARTING, and restarts is still 0 "
-    "while the agent waits out the first backoff, so an exited instance is no failure until it has "
-    "been restarted; (3) the agent sees the exit up to 5 s late (RESYNC_EVERY): Docker sends `die` "
-    "before /containers/json shows the container exited, and the pass the event triggers finds it "
-    "`running` (corral/agent/agent.py:191 _events_loop, reconciler.py:_ensure_inner); once the "
-    "last batch is `ready` the update is `completed` and failures are no longer looked at")
+    assert "update_failed" in actions and "failed" in svc["update"]["message"], (actions, svc["update"])
 
 
 def test_failed_update_without_delay_rolls_back(cluster: Cluster, cli: Cli, images: StackImages,
@@ -454,13 +398,6 @@ def test_failed_update_without_delay_rolls_back(cluster: Cluster, cli: Cli, imag
         svc = cluster.wait_service(WEB, lambda s: (s["update"] or {}).get("state") in
                                    ("rollback_completed", "completed", "paused", "rollback_paused"),
                                    90, "the update to end")
-    if svc["update"]["state"] == "completed" and svc["image"] == images.web_bad.ref:
-        cli.deploy(WEB_TAG="1", detach=True)  # put v1 back for the tests that follow
-        cluster.wait_service(WEB, lambda s: (s["update"] or {}).get("state") == "completed" and s["running"] == 3
-                             and len(s["instances"]) == 3, 90, "web back on v1")
-        wait_for(lambda: all(c.health == "healthy" for n in cluster.nodes for c in running_containers(n, WEB)),
-                 20, "v1 healthy again")
-        pytest.xfail(FAILURE_MISSED_BUG + f" (running sampled: {[x['running'] for x in sampler.samples]})")
     assert svc["update"]["state"] == "rollback_completed", svc["update"]
     svc = cluster.wait_running(WEB, 3, 60)
     assert web_images(cluster) == {images.web1.by_digest("linux/amd64")}
@@ -482,9 +419,9 @@ def test_stack_redeploy_rolls_web_to_v2_one_at_a_time(cluster: Cluster, cli: Cli
     assert sampler.maximum("instances") <= 4, sampler.samples  # parallelism 1: one extra at a time
     assert_web_serves(cluster, "v2")
     early = removed_before_healthy(cluster, WEB, svc["version"])
-    if early or sampler.minimum("ready") < 3:  # start-first: never fewer *ready* (healthy) than replicas
-        pytest.xfail(READY_RACE_BUG + f" (slots whose old instance went before the new one was healthy: "
-                                      f"{early}; ready containers sampled: {[x['ready'] for x in sampler.samples]})")
+    # start-first: never fewer *ready* (healthy) than replicas
+    assert not early, f"slots whose old instance went before the new one was healthy: {early}"
+    assert sampler.minimum("ready") >= 3, [x["ready"] for x in sampler.samples]
 
 
 def removed_before_healthy(cluster: Cluster, name: str, version: int) -> list[int]:
@@ -551,8 +488,7 @@ def test_events_list_service_and_instance_events(cluster: Cluster, cli: Cli,
                                                 "--subject", KV, "-o", "json").stdout.splitlines()]
     assert as_json and {e["type"] for e in as_json} == {"service"} and {e["subject"] for e in as_json} == {KV}
     assert [e["action"] for e in as_json][:1] == ["created"]
-    if ["service", "update_failed", WEB] not in parsed:
-        pytest.xfail(ROLLBACK_EVENT_BUG)
+    assert ["service", "update_failed", WEB] in parsed, parsed
 
 
 def test_stack_rm_removes_everything(cluster: Cluster, cli: Cli, shop: subprocess.CompletedProcess[str]) -> None:

@@ -136,17 +136,6 @@ def v2_instances(cluster: Cluster, images: StackImages) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the server dies mid-rollout
 
 
-SERVER_RESTART_BUG = (
-    "a server restart of a few seconds marks hosts down and reschedules their instances at once: "
-    "(1) corral/agent/agent.py:141-142 _channel_loop backs off 1, 2, 4, 8, 15 s (+jitter) whatever the "
-    "heartbeat interval, and the report loop sends nothing while nothing changed, so after a short "
-    "outage an agent can stay silent longer than --down-after and the restarted server marks it down "
-    "(corral/controllers/hosts.py waits only one down_after after start); (2) "
-    "corral/controllers/services.py:299 _lost() measures the grace period from host.last_seen, which "
-    "predates the outage, so a host marked down after a restart loses its instances with no grace "
-    "at all (here the pinned kv was removed and placed again: a new container)")
-
-
 def test_rollout_resumes_after_the_server_is_killed(cluster: Cluster, cli: Cli, images: StackImages,
                                                    shop: subprocess.CompletedProcess[str]) -> None:
     version = cluster.service(WEB)["version"]
@@ -186,9 +175,7 @@ def test_rollout_resumes_after_the_server_is_killed(cluster: Cluster, cli: Cli, 
     if sampler.maximum("instances") > 4:
         problems.append(f"{sampler.maximum('instances')} web instances at once")
     downs = sorted({e["subject"] for e in events if e["type"] == "host" and e["action"] == "down"})
-    if problems and downs:
-        pytest.xfail(f"{SERVER_RESTART_BUG} (hosts marked down after the restart: {downs}; {problems})")
-    assert not problems, problems
+    assert not problems, f"{problems} (hosts marked down after the restart: {downs})"
 
 
 # ---------------------------------------------------------------- dockerd restarts
