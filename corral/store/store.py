@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import LABEL_ADDRESS, DesiredSet, InstanceSpec, InstanceStatus
@@ -793,11 +793,15 @@ class Store:
     # -- overlay ----------------------------------------------------------------------
 
     def overlay_hosts(self) -> list[OverlayHost]:
-        """What the mesh plan reads of every host."""
+        """What the mesh plan reads of every host that runs the overlay, or did: one with a
+        subnet or an overlay report.  Hosts that never reported one (agents with the overlay
+        off) take no part in any plan, and a fleet of them costs the periodic replan nothing."""
         with self._read() as s:
             return [OverlayHost(r.id, r.name, r.state, r.subnet, dict(r.labels or {}), r.overlay)
                     for r in s.execute(select(HostRow.id, HostRow.name, HostRow.state, HostRow.subnet,
-                                              HostRow.labels, HostRow.overlay).order_by(HostRow.name, HostRow.id))]
+                                              HostRow.labels, HostRow.overlay)
+                                       .where(or_(HostRow.subnet.is_not(None), HostRow.overlay.is_not(None)))
+                                       .order_by(HostRow.name, HostRow.id))]
 
     def dns_entries(self) -> list[tuple[str, str | None, list[str]]]:
         """(service, stack, addresses) of every service with running, ready instances on the overlay

@@ -237,6 +237,19 @@ def test_hosts_without_an_overlay_report_give_no_addresses(h: Harness) -> None:
     assert h.state.store.get_host(bad).subnet is None
 
 
+def test_the_mesh_reads_only_hosts_that_run_the_overlay_or_did(h: Harness) -> None:
+    """A fleet of agents with the overlay off costs the periodic replan nothing."""
+    overlay_host(h, "ov", 1)
+    _, plain_cred = h.register("plain")
+    post_status(h, plain_cred, facts={"hostname": "plain", "platform": "linux/amd64"})
+    _, bad_cred = h.register("bad")
+    post_status(h, bad_cred, facts={"hostname": "bad", "platform": "linux/amd64", "overlay": {"public_key": "nope"}})
+    _, off_cred = h.register("off")
+    post_status(h, off_cred, facts={"hostname": "off", "platform": "linux/amd64", "overlay": None})
+    names = [x.name for x in h.state.store.overlay_hosts()]
+    assert "plain" not in names and {"ov", "bad"} <= set(names), names  # bad: its error shows in the plans' notes
+
+
 def test_a_global_instance_placed_at_join_gets_an_address_once_the_host_reports_its_key(h: Harness) -> None:
     overlay_host(h, "a", 1)
     create_service(h, "probe", 1, mode="global")
