@@ -35,6 +35,26 @@ HEALTH_STARTING = "starting"
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 
+_FAILED_STATES = (EXITED, FAILED, PULL_FAILED, RESTARTING)  # restarting: it exited, and waits to retry
+
+
+def status_ready(state: str, health: str, restarts: int) -> bool:
+    """A reported instance that a rolling update may count as ready: running, its health
+    check (if any) passed, never restarted."""
+    return state == RUNNING and health not in (HEALTH_STARTING, UNHEALTHY) and restarts == 0
+
+
+def status_failed(state: str, health: str, restarts: int) -> bool:
+    return state in _FAILED_STATES or health == UNHEALTHY or restarts > 0
+
+
+def decisive(state: str, health: str, restarts: int) -> bool:
+    """A reported status that can move an update on: the instance is ready, or it has failed
+    (pending, pulling, starting, or running with its health check still starting, cannot).
+    The server reconciles at once on these; the agent sends the others with the next one."""
+    return status_ready(state, health, restarts) or status_failed(state, health, restarts)
+
+
 # Container labels the agent puts on what it owns. It never touches anything else.
 LABEL_MANAGED = "io.corral.managed"
 LABEL_HOST = "io.corral.host"

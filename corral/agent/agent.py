@@ -31,7 +31,7 @@ from corral.agent.reconciler import Reconciler
 from corral.agent.runtime.docker import DockerClient, DockerError
 from corral.agent.session import ServerError, ServerSession, Unreachable
 from corral.agent.state import StateDir
-from corral.model import HEALTH_STARTING, LABEL_HOST, PENDING, PULLING, RUNNING, STARTING, DesiredSet
+from corral.model import LABEL_HOST, DesiredSet, decisive
 
 log = logging.getLogger("corral.agent")
 
@@ -268,5 +268,4 @@ def fake_gpus(count: int) -> list[dict[str, Any]]:
 
 def _in_between(status: dict[str, Any]) -> bool:
     """A status on the way to running (or to failing) that nothing on the server waits for."""
-    return status["state"] in (PENDING, PULLING, STARTING) or \
-        (status["state"] == RUNNING and status.get("health") == HEALTH_STARTING)
+    return not decisive(status["state"], status.get("health", ""), int(status.get("restarts", 0)))

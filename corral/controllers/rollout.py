@@ -30,13 +30,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from corral.model import EXITED, FAILED, HEALTH_STARTING, PULL_FAILED, RESTARTING, RUNNING, UNHEALTHY
+from corral.model import status_failed, status_ready
 
 DEFAULTS: Mapping[str, Any] = {"parallelism": 1, "delay": 0.0, "order": "stop-first", "monitor": 5.0,
                                "max_failure_ratio": 0.0, "failure_action": "pause"}
 ROLLBACK_DEFAULTS: Mapping[str, Any] = {**DEFAULTS, "failure_action": "pause"}
 ACTIVE = ("updating", "rolling_back")
-_FAILED_STATES = (EXITED, FAILED, PULL_FAILED, RESTARTING)  # restarting: it exited, and waits to retry
 
 
 class Instance(Protocol):
@@ -65,25 +64,11 @@ def settings(spec: Mapping[str, Any], rolling_back: bool) -> dict[str, Any]:
 
 
 def is_ready(inst: Instance) -> bool:
-    return _ready(inst.state, inst.health, inst.restarts)
+    return status_ready(inst.state, inst.health, inst.restarts)
 
 
 def has_failed(inst: Instance) -> bool:
-    return _failed(inst.state, inst.health, inst.restarts)
-
-
-def _ready(state: str, health: str, restarts: int) -> bool:
-    return state == RUNNING and health not in (HEALTH_STARTING, UNHEALTHY) and restarts == 0
-
-
-def _failed(state: str, health: str, restarts: int) -> bool:
-    return state in _FAILED_STATES or health == UNHEALTHY or restarts > 0
-
-
-def decisive(state: str, health: str, restarts: int) -> bool:
-    """A reported status that can move an update on: the instance is ready, or it has failed
-    (pending, pulling, starting, or running with its health check still starting, cannot)."""
-    return _ready(state, health, restarts) or _failed(state, health, restarts)
+    return status_failed(inst.state, inst.health, inst.restarts)
 
 
 def current_versions(version: int, state: Mapping[str, Any] | None) -> set[int]:

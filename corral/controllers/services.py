@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 from corral.controllers import rollout
 from corral.images import ImageError, ResolvedImage
-from corral.model import HealthcheckSpec, InstanceSpec, InstanceStatus, PortSpec, RestartPolicy, VolumeSpec
+from corral.model import (HealthcheckSpec, InstanceSpec, InstanceStatus, PortSpec, RestartPolicy, VolumeSpec,
+                          decisive)
 from corral.scheduler.model import (
     HostSnapshot,
     Placement,
@@ -183,7 +184,7 @@ class ServiceController:
         or failed) reconcile its service at once (:meth:`kick_instances`).  Others of a service
         being updated change nothing; the rest kick a full pass while something time-based runs
         (a grace period, an update's delay)."""
-        moving = [s.instance_id for s in statuses if rollout.decisive(s.state, s.health, s.restarts)]
+        moving = [s.instance_id for s in statuses if decisive(s.state, s.health, s.restarts)]
         if moving and self.kick_instances(moving):
             return
         with self._targets_lock:

@@ -126,7 +126,7 @@ def test_a_rollback_uses_the_rollback_settings_and_ends_as_rollback_completed() 
 
 
 def test_only_ready_or_failed_reports_can_move_an_update_on() -> None:
-    from corral.controllers.rollout import decisive
+    from corral.model import decisive
 
     assert decisive("running", "", 0) and decisive("running", "healthy", 0)
     assert decisive("exited", "", 0) and decisive("pull_failed", "", 0) and decisive("running", "unhealthy", 0)
