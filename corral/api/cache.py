@@ -22,7 +22,15 @@ from fastapi import Response
 def json_response(body: Any) -> Response:
     """``body`` as compact JSON, without FastAPI's jsonable_encoder walk (slow on big bodies such
     as listings and desired sets): for bodies that are plain JSON types already."""
-    return Response(content=json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
+    return _response(_compact(body))
+
+
+def _compact(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _response(content: bytes) -> Response:
+    return Response(content=content, media_type="application/json")
 
 
 class ListingCache:
@@ -36,11 +44,11 @@ class ListingCache:
         now = self._clock()
         hit = self._answers.get(key)
         if hit is None or hit[0] != generation or now - hit[1] > self.ttl:
-            body = json.dumps(make(), separators=(",", ":")).encode()
+            body = _compact(make())
             with self._lock:
                 if len(self._answers) > 1000:
                     self._answers.clear()
                 self._answers[key] = (generation, now, body)
         else:
             body = hit[2]
-        return Response(content=body, media_type="application/json")
+        return _response(body)
