@@ -554,8 +554,7 @@ class Reconciler:
         labels = {**spec.labels, model.LABEL_MANAGED: "1", model.LABEL_HOST: self.host_id,
                   model.LABEL_INSTANCE: spec.id, model.LABEL_SERVICE: spec.service,
                   model.LABEL_SPEC: self._hash(spec),
-                  model.LABEL_STOP_GRACE: str(STOP_GRACE if spec.stop_grace_period is None
-                                              else math.ceil(spec.stop_grace_period))}
+                  model.LABEL_STOP_GRACE: str(grace_seconds(spec.stop_grace_period))}
         self._report(spec.id, model.STARTING)
         env = dict(spec.env)
         if spec.gpus:
@@ -620,5 +619,10 @@ class IngressTable(Protocol):
 
 def stop_grace(inspected: dict[str, Any]) -> float:
     """The seconds an inspected container is given between SIGTERM and SIGKILL (its StopTimeout)."""
-    timeout = (inspected.get("Config") or {}).get("StopTimeout")
-    return STOP_GRACE if timeout is None else float(timeout)
+    return grace_seconds((inspected.get("Config") or {}).get("StopTimeout"))
+
+
+def grace_seconds(period: float | None) -> int:
+    """A stop grace period as the engine keeps it (StopTimeout): whole seconds, rounded up; none
+    given is the engine's default."""
+    return STOP_GRACE if period is None else math.ceil(period)
