@@ -143,13 +143,13 @@ async def _poll(state: ServerState, host: HostIdentity, revision: int, wait: flo
 
 def _desired_with_auth(state: ServerState, host_id: str) -> dict[str, Any]:
     """The host's desired set, with pull credentials for the images that need them."""
-    desired = state.store.desired_set(host_id).to_dict()
+    revision, specs = state.store.desired_specs(host_id)
     auth: dict[str, dict[str, str] | None] = {}  # one look-up per image, not per instance
-    for inst in desired["instances"]:
-        if inst["image"] not in auth:
-            auth[inst["image"]] = pull_auth(state.store, inst["image"])
-        inst["registry_auth"] = auth[inst["image"]]
-    return desired
+    for spec in specs:
+        if spec["image"] not in auth:
+            auth[spec["image"]] = pull_auth(state.store, spec["image"])
+    return {"revision": revision,
+            "instances": [{**spec, "registry_auth": auth[spec["image"]]} for spec in specs]}  # the specs are shared
 
 
 @router.post("/logs/{request_id}")

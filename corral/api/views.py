@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from corral.model import HEALTH_STARTING, RUNNING, UNHEALTHY
-from corral.store.store import HostBrief
-from corral.store.tables import HostRow, InstanceRow, ServiceRow
+from corral.store.store import HostBrief, Instance
+from corral.store.tables import HostRow, ServiceRow
 
 Hosts = Mapping[str, HostBrief] | Mapping[str, HostRow]
 
@@ -36,7 +36,7 @@ def host_json(row: HostRow, instances: int = 0) -> dict[str, Any]:
     }
 
 
-def instance_json(row: InstanceRow, service_name: str, hosts: Hosts) -> dict[str, Any]:
+def instance_json(row: Instance, service_name: str, hosts: Hosts) -> dict[str, Any]:
     host = hosts.get(row.host_id)
     return {
         "id": row.id,
@@ -62,13 +62,13 @@ def instance_json(row: InstanceRow, service_name: str, hosts: Hosts) -> dict[str
     }
 
 
-def running_count(instances: Iterable[InstanceRow], hosts: Hosts) -> int:
+def running_count(instances: Iterable[Instance], hosts: Hosts) -> int:
     """Instances that run on a ready host and are not failing or still starting their health check."""
     return sum(1 for i in instances if i.state == RUNNING and i.health not in (HEALTH_STARTING, UNHEALTHY)
                and i.host_id in hosts and hosts[i.host_id].state == "ready")
 
 
-def update_json(row: ServiceRow, instances: list[InstanceRow]) -> dict[str, Any] | None:
+def update_json(row: ServiceRow, instances: list[Instance]) -> dict[str, Any] | None:
     """A rolling update's progress: its state, and how many slots run the new version."""
     st = row.update_state
     if not st:
@@ -94,7 +94,7 @@ def service_status(body: Mapping[str, Any]) -> str:
     return "pending" if body["running"] == 0 and body.get("pending_reason") else "degraded"
 
 
-def service_json(row: ServiceRow, instances: list[InstanceRow], hosts: Hosts,
+def service_json(row: ServiceRow, instances: list[Instance], hosts: Hosts,
                  with_instances: bool = False) -> dict[str, Any]:
     resolution = row.resolution or {}
     body: dict[str, Any] = {

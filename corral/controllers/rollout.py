@@ -39,13 +39,22 @@ ACTIVE = ("updating", "rolling_back")
 
 
 class Instance(Protocol):
-    id: str
-    slot: int
-    spec_version: int
-    state: str
-    health: str
-    restarts: int
-    error: str
+    """What a rolling update reads of an instance (read-only: store rows are tuples)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def slot(self) -> int: ...
+    @property
+    def spec_version(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def error(self) -> str: ...
 
 
 @dataclass

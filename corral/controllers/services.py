@@ -49,8 +49,8 @@ from corral.scheduler.model import (
 )
 from corral.scheduler.placement import plan, plan_global, request_from_spec
 from corral.scheduler.platforms import host_platforms
-from corral.store.store import NewInstance, NotFoundError, StaleRevision, Store, new_id
-from corral.store.tables import HostRow, InstanceRow, ServiceRow
+from corral.store.store import Instance, NewInstance, NotFoundError, StaleRevision, Store, new_id
+from corral.store.tables import HostRow, ServiceRow
 
 
 class ImageResolver(Protocol):
@@ -68,10 +68,10 @@ def service_request(service: ServiceRow) -> ServiceRequest:
                              {p["platform"]: p["digest"] for p in res["platforms"]} if res else None)
 
 
-def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instances: list[InstanceRow],
+def snapshot(hosts: dict[str, HostRow], services: dict[str, ServiceRow], instances: list[Instance],
              exclude: set[str]) -> Snapshot:
     """What the scheduler sees: every host, with what its instances (but `exclude`) hold."""
-    per_host: dict[str, list[InstanceRow]] = defaultdict(list)
+    per_host: dict[str, list[Instance]] = defaultdict(list)
     for inst in instances:
         if inst.id not in exclude and inst.service_id in services:
             per_host[inst.host_id].append(inst)
@@ -136,7 +136,7 @@ class Fleet:
     revision: int
     hosts: dict[str, HostRow]
     services: dict[str, ServiceRow]
-    instances: list[InstanceRow]
+    instances: list[Instance]
     _snapshots: dict[frozenset[str], Snapshot] = field(default_factory=dict)
 
     def snapshot(self, exclude: set[str]) -> Snapshot:
@@ -364,7 +364,7 @@ class ServiceController:
             else:
                 self._rolling_ids[name] = frozenset(i.id for i in instances)
 
-    def _lost(self, inst: InstanceRow, hosts: dict[str, HostRow], now: float) -> bool:
+    def _lost(self, inst: Instance, hosts: dict[str, HostRow], now: float) -> bool:
         """An instance on a host that has been down longer than its grace period (then it is replaced)."""
         host = hosts.get(inst.host_id)
         if host is None or host.state == "ready":
@@ -408,10 +408,10 @@ class ServiceController:
                            spec_version=service.version)
 
     @staticmethod
-    def _surplus(instances: list[InstanceRow], replicas: int, hosts: dict[str, HostRow]) -> list[str]:
+    def _surplus(instances: list[Instance], replicas: int, hosts: dict[str, HostRow]) -> list[str]:
         """Slots to give up when scaling down (all their instances): those on down hosts first, then the
         highest.  A slot may hold two instances while a start-first update replaces one."""
-        by_slot: dict[int, list[InstanceRow]] = defaultdict(list)
+        by_slot: dict[int, list[Instance]] = defaultdict(list)
         for inst in instances:
             by_slot[inst.slot].append(inst)
         extra = len(by_slot) - replicas
@@ -424,7 +424,7 @@ class ServiceController:
         return [i.id for slot in ranked[:extra] for i in by_slot[slot]]
 
     @staticmethod
-    def _not_eligible(instances: list[InstanceRow], eligible: set[str], hosts: dict[str, HostRow]) -> list[str]:
+    def _not_eligible(instances: list[Instance], eligible: set[str], hosts: dict[str, HostRow]) -> list[str]:
         """Global services: drop instances on ready hosts that no longer qualify, and duplicates."""
         remove, seen = [], set()
         for inst in sorted(instances, key=lambda i: i.slot):

@@ -101,6 +101,8 @@ class Overlay:
         if replan:
             self._refreshed_at = time.monotonic()
             changed = self._replan(self.store.overlay_hosts())
+        if not self.plans:  # no host runs the overlay: nobody reads the directory (it is made with the first plan)
+            return changed
         records = [[name, stack, addresses] for name, stack, addresses in self.store.dns_entries()]
         if records != self.dns_records:
             self.dns_records = records

@@ -1,7 +1,9 @@
 """The store: every read and write the server makes, as small transactions.
 
 Callers get detached ORM rows (read them, never write through them) or plain
-values.  Every change to what a host should run bumps that host's revision in
+values.  Instances, which every reconcile and listing reads by the hundred, come
+as :class:`Instance` tuples from plain column selects, their specs decoded once
+per process (see :meth:`Store._with_specs`).  Every change to what a host should run bumps that host's revision in
 the same transaction, so an agent that has revision N knows it has everything
 up to N.  On SQLite, write transactions are serialised by a process-wide lock
 (SQLite allows one writer; waiting on a Python lock is cheaper than retrying
@@ -26,10 +28,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import LABEL_ADDRESS, DesiredSet, InstanceSpec, InstanceStatus
@@ -91,6 +93,40 @@ class HostBrief:
     platform: str
 
 
+class Instance(NamedTuple):
+    """An instance row as read.  ``spec`` is shared with the store's cache: never change it."""
+
+    id: str
+    service_id: str
+    host_id: str
+    slot: int
+    spec: dict[str, Any]
+    platform: str
+    emulated: bool
+    state: str
+    exit_code: int | None
+    error: str
+    container_id: str
+    restarts: int
+    since: float
+    created_at: float
+    spec_version: int
+    health: str
+    address: str
+
+
+# The tables themselves, for the statements every report, reconcile and listing makes: plain
+# Core statements skip the ORM's compile and flush steps, which cost more than the SQL.
+HOSTS: Table = HostRow.__table__  # type: ignore[assignment]
+INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
+EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
+CLUSTER: Table = ClusterStateRow.__table__  # type: ignore[assignment]
+# every column but the spec, in Instance's order (the spec comes from the cache)
+_INSTANCE_COLUMNS = tuple(INSTANCES.c[name] for name in Instance._fields if name != "spec")
+_SPEC_CACHE_MAX = 200_000
+TOKEN_MEMORY = 2.0  # seconds a valid token is taken as valid without asking the database
+
+
 @dataclass(frozen=True)
 class OverlayHost:
     id: str
@@ -143,6 +179,11 @@ class Store:
         self.generation = 0  # counts this process's writes that listings would show
         self.overlay_generation = 0  # counts this process's writes that the overlay's mesh plan reads
         self.cluster: ClusterNet | None = None  # the overlay's cluster network; hosts get subnets of it
+        # instance id -> (address, decoded spec).  An instance's spec never changes but with its
+        # overlay address (_readdress sets both), so an entry whose address still matches the row
+        # is current, whichever server process wrote the row.
+        self._specs: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._valid_tokens: dict[tuple[str, str], float] = {}  # (kind, hash) -> valid until (monotonic)
 
     def _overlay_changed(self) -> None:
         self.overlay_generation += 1
@@ -185,14 +226,25 @@ class Store:
                 s.execute(update(TokenRow).where(TokenRow.kind == kind).values(revoked=True))
             s.add(TokenRow(id=new_id(), kind=kind, secret_hash=secret_hash, revoked=False,
                            created_at=self.clock()))
+        if replace:  # after the commit: a check that raced it may have remembered an old token
+            self._valid_tokens.clear()
 
     def token_valid(self, kind: str, secret_hash: str) -> bool:
+        """Whether a token of that kind with that hash exists and is not revoked.  A yes is
+        remembered for TOKEN_MEMORY seconds (every CLI and API call checks the admin token); a
+        token this process revokes is refused at once, one revoked by another server within
+        that time."""
+        key = (kind, secret_hash)
+        if self._valid_tokens.get(key, 0.0) > time.monotonic():
+            return True
         with self._read() as s:
-            row = s.scalars(
-                select(TokenRow).where(TokenRow.kind == kind, TokenRow.secret_hash == secret_hash,
-                                       TokenRow.revoked.is_(False))
-            ).first()
-            return row is not None
+            valid = s.scalar(select(TokenRow.id).where(TokenRow.kind == kind, TokenRow.secret_hash == secret_hash,
+                                                       TokenRow.revoked.is_(False)).limit(1)) is not None
+        if valid:
+            if len(self._valid_tokens) > 1000:
+                self._valid_tokens.clear()
+            self._valid_tokens[key] = time.monotonic() + TOKEN_MEMORY
+        return valid
 
     # -- hosts ----------------------------------------------------------------
 
@@ -212,15 +264,15 @@ class Store:
 
     def cluster_revision(self) -> int:
         with self._read() as s:
-            return s.scalar(select(ClusterStateRow.revision).where(ClusterStateRow.id == 1)) or 0
+            return s.scalar(select(CLUSTER.c.revision).where(CLUSTER.c.id == 1)) or 0
 
     def host_briefs(self, ids: Iterable[str] | None = None) -> dict[str, HostBrief]:
         """Hosts' id, name, state and platform (those in ``ids``, or all): what listings of
         services and instances show, without loading (and decoding) each host's facts."""
-        q = select(HostRow.id, HostRow.name, HostRow.state, HostRow.platform)
+        q = select(HOSTS.c.id, HOSTS.c.name, HOSTS.c.state, HOSTS.c.platform)
         wanted = None if ids is None else set(ids)
         if wanted is not None and len(wanted) <= 500:
-            q = q.where(HostRow.id.in_(wanted))
+            q = q.where(HOSTS.c.id.in_(wanted))
         with self._read() as s:
             return {r.id: HostBrief(r.id, r.name, r.state, r.platform) for r in s.execute(q)
                     if wanted is None or r.id in wanted}
@@ -333,24 +385,31 @@ class Store:
             if not isinstance(overlay, _Unset) and overlay != row.overlay:
                 self._overlay_report(s, row, overlay)
             if statuses:
-                by_id = {st.instance_id: st for st in statuses}
-                rows = s.scalars(select(InstanceRow).where(InstanceRow.host_id == host_id,
-                                                           InstanceRow.id.in_(by_id)))
-                for inst in rows:
-                    st = by_id[inst.id]
-                    health = getattr(st, "health", "") or ""
-                    if inst.state != st.state or inst.health != health:
-                        self._event(s, "instance", st.state if inst.state != st.state else f"health_{health}",
-                                    str(inst.spec.get("service", "")), id=inst.id, slot=inst.slot, host=row.name,
-                                    exit_code=st.exit_code, error=st.error[:500], health=health)
-                    inst.health = health
-                    inst.state = st.state
-                    inst.exit_code = st.exit_code
-                    inst.error = st.error
-                    inst.container_id = st.container_id
-                    inst.restarts = st.restarts
-                    inst.since = st.since
+                self._record_statuses(s, row, statuses)
             return came_back
+
+    def _record_statuses(self, s: Session, host: HostRow, statuses: Sequence[InstanceStatus]) -> None:
+        """Store the statuses of the host's instances (others' are ignored), with an event for
+        each change of state or health."""
+        by_id = {st.instance_id: st for st in statuses}
+        services: Table = ServiceRow.__table__  # type: ignore[assignment]
+        known = s.execute(select(INSTANCES.c.id, INSTANCES.c.slot, INSTANCES.c.state, INSTANCES.c.health,
+                                 services.c.name)
+                          .join(services, services.c.id == INSTANCES.c.service_id)
+                          .where(INSTANCES.c.host_id == host.id, INSTANCES.c.id.in_(by_id))).all()
+        changes = []
+        for iid, slot, state, health_was, service in known:
+            st = by_id[iid]
+            health = st.health or ""
+            if state != st.state or health_was != health:
+                self._event(s, "instance", st.state if state != st.state else f"health_{health}", service,
+                            id=iid, slot=slot, host=host.name, exit_code=st.exit_code, error=st.error[:500],
+                            health=health)
+            changes.append({"b_id": iid, "health": health, "state": st.state, "exit_code": st.exit_code,
+                            "error": st.error, "container_id": st.container_id, "restarts": st.restarts,
+                            "since": st.since})
+        if changes:
+            s.execute(update(INSTANCES).where(INSTANCES.c.id == bindparam("b_id")), changes)
 
     def _overlay_report(self, s: Session, row: HostRow, overlay: dict[str, Any] | None) -> None:
         """Store an agent's overlay report; a host's first key gets it a subnet.
@@ -457,19 +516,25 @@ class Store:
 
     def host_revision(self, host_id: str) -> int:
         with self._read() as s:
-            rev = s.scalar(select(HostRow.revision).where(HostRow.id == host_id))
+            rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
             return rev
 
     def desired_set(self, host_id: str) -> DesiredSet:
+        revision, specs = self.desired_specs(host_id)
+        return DesiredSet(revision, [InstanceSpec.from_dict(spec) for spec in specs])
+
+    def desired_specs(self, host_id: str) -> tuple[int, list[dict[str, Any]]]:
+        """A host's revision and its instances' specs as stored (shared with the cache: copy a
+        spec before changing it), by instance id: what the agent channel sends."""
         with self._read() as s:
-            rev = s.scalar(select(HostRow.revision).where(HostRow.id == host_id))
+            rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
-            specs = s.scalars(select(InstanceRow.spec).where(InstanceRow.host_id == host_id)
-                              .order_by(InstanceRow.id))
-            return DesiredSet(rev, [InstanceSpec.from_dict(spec) for spec in specs])
+            keys = s.execute(select(INSTANCES.c.id, INSTANCES.c.address).where(INSTANCES.c.host_id == host_id)
+                             .order_by(INSTANCES.c.id)).all()
+            return rev, self._specs_for(s, keys)
 
     # -- services and instances -----------------------------------------------
 
@@ -694,14 +759,33 @@ class Store:
             s.delete(row)
 
     def list_instances(self, service_id: str | None = None,
-                       host_id: str | None = None) -> list[InstanceRow]:
+                       host_id: str | None = None) -> list[Instance]:
         with self._read() as s:
-            q = select(InstanceRow)
+            q = select(*_INSTANCE_COLUMNS)
             if service_id is not None:
-                q = q.where(InstanceRow.service_id == service_id)
+                q = q.where(INSTANCES.c.service_id == service_id)
             if host_id is not None:
-                q = q.where(InstanceRow.host_id == host_id)
-            return list(s.scalars(q.order_by(InstanceRow.service_id, InstanceRow.slot)))
+                q = q.where(INSTANCES.c.host_id == host_id)
+            rows = s.execute(q.order_by(INSTANCES.c.service_id, INSTANCES.c.slot, INSTANCES.c.id)).all()
+            specs = self._specs_for(s, [(r[0], r[15]) for r in rows])
+            if service_id is None and host_id is None:  # every instance there is: forget those gone
+                self._specs = {r[0]: self._specs[r[0]] for r in rows if r[0] in self._specs}
+            return [Instance._make((*r[:4], spec, *r[4:])) for r, spec in zip(rows, specs, strict=True)]
+
+    def _specs_for(self, s: Session, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The specs of instances given as (id, address), decoding only those not cached yet
+        (JSON decoding every spec was most of the cost of reading a fleet's instances)."""
+        cache = self._specs
+        stale = [iid for iid, address in keys if (hit := cache.get(iid)) is None or hit[0] != address]
+        if len(cache) + len(stale) > _SPEC_CACHE_MAX:
+            cache = self._specs = {}
+            stale = [iid for iid, _ in keys]
+        for i in range(0, len(stale), 500):
+            for iid, address, spec in s.execute(select(INSTANCES.c.id, INSTANCES.c.address, INSTANCES.c.spec)
+                                                .where(INSTANCES.c.id.in_(stale[i:i + 500]))):
+                cache[iid] = (address, spec)
+        # an instance deleted between the two reads has no spec: an empty one stands in
+        return [cache.get(iid, (address, {}))[1] for iid, address in keys]
 
     def instance_counts(self) -> dict[str, int]:
         """Instances per host, for spreading."""
@@ -736,19 +820,24 @@ class Store:
                     self._event(s, "instance", "removed", svc.name, id=inst_id, slot=slot, host_id=host_id)
                 s.execute(delete(InstanceRow).where(InstanceRow.id.in_(remove)))
             addresses = self._addresses(s, add)
+            rows: list[dict[str, Any]] = []
             for new in add:
                 hosts.add(new.host_id)
                 spec = new.spec.to_dict()
                 address = addresses.get(new.spec.id, "")
                 if address:
                     spec["labels"] = {**spec["labels"], LABEL_ADDRESS: address}
-                s.add(InstanceRow(id=new.spec.id, service_id=service_id, host_id=new.host_id,
-                                  slot=new.slot, spec=spec, platform=new.platform,
-                                  emulated=new.emulated, state="pending", exit_code=None, error="",
-                                  container_id="", restarts=0, since=now, created_at=now,
-                                  spec_version=new.spec_version, health="", address=address))
+                rows.append(dict(id=new.spec.id, service_id=service_id, host_id=new.host_id,
+                                 slot=new.slot, spec=spec, platform=new.platform,
+                                 emulated=new.emulated, state="pending", exit_code=None, error="",
+                                 container_id="", restarts=0, since=now, created_at=now,
+                                 spec_version=new.spec_version, health="", address=address))
                 self._event(s, "instance", "placed", svc.name, id=new.spec.id, slot=new.slot, host_id=new.host_id,
                             version=new.spec_version)
+            if rows:
+                s.execute(insert(INSTANCES), rows)
+                # the next read needs no decoding (an entry of a plan that fails is never asked for)
+                self._specs.update((str(r["id"]), (str(r["address"]), r["spec"])) for r in rows)
             if svc.pending_reason != pending_reason:
                 svc.pending_reason = pending_reason
             if replicas is not None and svc.replicas != replicas:  # global services: hosts that qualify
@@ -827,8 +916,8 @@ class Store:
     # -- events ---------------------------------------------------------------------
 
     def _event(self, s: Session, type_: str, action: str, subject: str, **attrs: Any) -> None:
-        s.add(EventRow(ts=self.clock(), type=type_, action=action, subject=subject,
-                       attrs={k: v for k, v in attrs.items() if v is not None}))
+        s.execute(insert(EVENTS), {"ts": self.clock(), "type": type_, "action": action, "subject": subject,
+                                     "attrs": {k: v for k, v in attrs.items() if v is not None}})
 
     def list_events(self, after_id: int = 0, since: float | None = None, limit: int = 1000) -> list[EventRow]:
         """Events after ``after_id`` (and at or after ``since``), oldest first."""
@@ -852,14 +941,13 @@ class Store:
     @staticmethod
     def _changed(s: Session, expect: int | None = None) -> None:
         """Bump the cluster revision; with ``expect``, only from that value (row-locked on PostgreSQL)."""
-        stmt = update(ClusterStateRow).where(ClusterStateRow.id == 1).values(revision=ClusterStateRow.revision + 1)
+        stmt = update(CLUSTER).where(CLUSTER.c.id == 1).values(revision=CLUSTER.c.revision + 1)
         if expect is not None:
-            stmt = stmt.where(ClusterStateRow.revision == expect)
+            stmt = stmt.where(CLUSTER.c.revision == expect)
         if s.execute(stmt).rowcount != 1 and expect is not None:  # type: ignore[attr-defined]
             raise StaleRevision(f"the cluster changed (revision is no longer {expect})")
 
     @staticmethod
     def _bump(s: Session, host_ids: Sequence[str]) -> None:
         if host_ids:
-            s.execute(update(HostRow).where(HostRow.id.in_(host_ids))
-                      .values(revision=HostRow.revision + 1))
+            s.execute(update(HOSTS).where(HOSTS.c.id.in_(host_ids)).values(revision=HOSTS.c.revision + 1))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 
 from corral.model import InstanceSpec, InstanceStatus
 from corral.store.db import open_engine, sqlite_url
 from corral.store.store import ConflictError, NewInstance, NotFoundError, Store
+from corral.store.tables import InstanceRow
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -89,6 +90,41 @@ def test_heartbeat_updates_only_own_instances_and_marks_up(store: Store) -> None
     assert sorted(store.mark_down(store.clock() + 1)) == sorted([a.id, b.id])
     assert store.heartbeat(a.id, None, []) is True
     assert store.heartbeat(a.id, None, []) is False
+
+
+def test_heartbeat_records_every_field_and_an_event_per_change(store: Store) -> None:
+    a = store.create_host("a", {}, {}, "h" * 64)
+    svc = store.create_service("web", {"image": "busybox"}, 1)
+    store.apply_service_plan(svc.id, [NewInstance(a.id, 1, _spec("ia"), "")], [], None)
+    first = store.last_event_id()
+    store.heartbeat(a.id, None, [InstanceStatus("ia", "running", 7.5, "c1", None, "", 2, "starting")])
+    store.heartbeat(a.id, None, [InstanceStatus("ia", "running", 7.5, "c1", None, "", 2, "starting")])  # no change
+    store.heartbeat(a.id, None, [InstanceStatus("ia", "running", 8.0, "c1", None, "", 2, "healthy")])
+    (inst,) = store.list_instances()
+    assert (inst.state, inst.since, inst.container_id, inst.restarts, inst.health) == ("running", 8.0, "c1", 2, "healthy")
+    events = [(e.action, e.subject, e.attrs.get("id")) for e in store.list_events(first)]
+    assert events == [("running", "web", "ia"), ("health_healthy", "web", "ia")]
+
+
+def test_instance_specs_are_read_again_when_another_server_readdresses_them(store: Store) -> None:
+    """Specs are decoded once per process and kept; the one change a spec gets (its overlay
+    address, made by whichever server process) is seen by every other one."""
+    a = store.create_host("a", {}, {}, "h" * 64)
+    svc = store.create_service("web", {"image": "busybox"}, 2)
+    store.apply_service_plan(svc.id, [NewInstance(a.id, 1, _spec("i1"), ""), NewInstance(a.id, 2, _spec("i2", slot=2), "")],
+                             [], None)
+    other = Store(store.engine)  # a second server on the same database
+    assert [i.spec["labels"] for i in other.list_instances()] == [{}, {}]
+    labelled = {**_spec("i1").to_dict(), "labels": {"io.corral.address": "10.42.1.2"}}
+    with store.engine.begin() as conn:
+        conn.execute(update(InstanceRow).where(InstanceRow.id == "i1").values(address="10.42.1.2", spec=labelled))
+    for s in (store, other):
+        assert {i.id: (i.address, i.spec["labels"]) for i in s.list_instances()} == {
+            "i1": ("10.42.1.2", {"io.corral.address": "10.42.1.2"}), "i2": ("", {})}
+        assert [spec["labels"] for spec in s.desired_specs(a.id)[1]] == [{"io.corral.address": "10.42.1.2"}, {}]
+    store.apply_service_plan(svc.id, [], ["i2"], None)
+    assert [i.id for i in other.list_instances()] == ["i1"]
+    assert set(other._specs) == {"i1"}  # a full listing forgets instances that are gone
 
 
 def test_delete_service_removes_instances_and_bumps(store: Store) -> None:
