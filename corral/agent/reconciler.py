@@ -68,6 +68,7 @@ class Reconciler:
         self._removals = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remove")
         self._busy: set[str] = set()
         self._skipped: set[str] = set()  # busy keys a pass wanted to work on: their job's end pokes a pass
+        self._doing: dict[str, tuple[Callable[..., None], object]] = {}  # busy key -> its job (fn, first argument)
         self._hashes: dict[str, tuple[InstanceSpec, str]] = {}  # instance id -> (spec, its spec_hash)
         # What the last listing may not show: the instances whose jobs ran while it was made or
         # started since (id -> (service, slot)); containers are only ever created by such jobs.
@@ -258,7 +259,7 @@ class Reconciler:
             if not found and (spec.id in unlisted or slot in unsure):
                 # a job of this slot ran while the engine was listed: what it made may be missing
                 # from the listing; look again once the busy jobs are done (or at once if none is)
-                if self._submit_guard(spec.id, [iid for iid, sl in unlisted.items() if sl == slot]):
+                if self._submit_guard(spec, [iid for iid, sl in unlisted.items() if sl == slot]):
                     again = True
                 continue
             olds = [] if found else by_slot.get(slot, [])
@@ -285,15 +286,29 @@ class Reconciler:
             if again:
                 self.run_once(wait=True)
 
-    def _submit_guard(self, iid: str, related: list[str]) -> bool:
-        """A pass left ``iid`` alone because the listing may be stale for it: have a job that is
-        still busy on its slot poke the next pass, or (none busy) ask for one now (True)."""
+    def _submit_guard(self, spec: InstanceSpec, related: list[str]) -> bool:
+        """A pass left ``spec`` alone because the listing may be stale for it: have a job that is
+        still busy on its slot poke the next pass (unless it is the job that makes this very spec
+        run), or (none busy) ask for one now (True)."""
         with self._lock:
-            busy = [k for k in [iid, *related] if k in self._busy]
+            busy = [k for k in [spec.id, *related] if k in self._busy]
             if busy:
-                self._skipped.update(busy)
+                self._skipped.update(k for k in busy if k != spec.id or not self._same_work(k, self._ensure, (spec,)))
                 return False
         return True
+
+    def _same_work(self, key: str, fn: Callable[..., None], args: tuple[object, ...]) -> bool:
+        """The job busy on ``key`` already does what ``fn(*args)`` would: the pass that wanted it
+        needs no second look when that job ends (it reports the outcome itself).  Without this,
+        while an update keeps jobs busy, every job's end would start a pass whose listing finds
+        other jobs busy, and so on.  A container is removed by any job that holds it; an instance
+        is made to run its spec by a job that ensures or replaces it with that very spec."""
+        doing = self._doing.get(key)
+        if doing is None:
+            return False
+        if fn == self._remove:
+            return True
+        return fn == self._ensure and doing[0] in (self._ensure, self._replace) and doing[1] == args[0]
 
     def _settled(self, spec: InstanceSpec, found: list[ContainerInfo]) -> bool:
         """Nothing to do for this instance: its one container runs the current spec, healthy or
@@ -324,9 +339,11 @@ class Reconciler:
         with self._lock:
             busy = [k for k in keys if k in self._busy]
             if busy:
-                self._skipped.update(busy)
+                self._skipped.update(k for k in busy if not self._same_work(k, fn, args))
                 return None
             self._busy.update(keys)
+            self._doing[key] = (fn, args[0] if args else None)
+            self._doing.update((k, (self._remove, None)) for k in also or ())
             if slot is not None:
                 self._job_slots[key] = slot
                 self._since_listing[key] = slot
@@ -339,6 +356,8 @@ class Reconciler:
             finally:
                 with self._lock:
                     self._busy.difference_update(keys)
+                    for k in keys:
+                        self._doing.pop(k, None)
                     self._job_slots.pop(key, None)
                     again = bool(self._skipped.intersection(keys))
                     self._skipped.difference_update(keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -465,6 +466,40 @@ def test_an_instance_in_an_ingress_rotation_leaves_only_in_a_pass(env: tuple[Fak
     assert old in docker.containers and ("stop", old) not in docker.calls  # left to the pass
     rec.run_once(wait=True)
     assert old not in docker.containers
+
+
+def test_a_pass_that_finds_a_job_doing_its_work_asks_for_no_second_pass(
+        env: tuple[FakeDocker, Reconciler, Clock]) -> None:
+    """While an update keeps jobs busy, a pass that wants what a busy job already does must not have that
+    job's end start another pass (whose listing would find other jobs busy, and so on); a pass that wants
+    other work than the busy job does still gets its second look."""
+    docker, rec, _ = env
+    pokes: list[int] = []
+    rec._on_work_done = lambda: pokes.append(1)
+    rec.set_desired(DesiredSet(1, [spec("a")]))
+    rec.run_once(wait=True)
+    rec.run_once(wait=True)
+    gate = threading.Event()
+    real_start = docker.start
+    docker.start = lambda cid: (gate.wait(10), real_start(cid))[1]  # type: ignore[method-assign]
+    assert rec.set_desired(DesiredSet(2, [spec("a"), spec("new", 2)])) is True  # its job starts at once
+    assert _eventually(lambda: any(c["name"] == "web.2.new" for c in docker.containers.values()))
+    rec.run_once()  # a pass while the job waits in start: it wants the very same
+    rec._last_pass = float("-inf")
+    rec._desired = DesiredSet(2, list(rec.desired.instances))  # a pass again, not put off as a burst
+    rec.run_once()
+    gate.set()
+    assert _eventually(lambda: states(rec).get("new") == "running" and not rec._busy)
+    assert pokes == []
+    gate.clear()
+    assert rec.set_desired(DesiredSet(3, [spec("a"), spec("new", 2), spec("c", 3)])) is True
+    assert _eventually(lambda: "c" in rec._busy)
+    assert rec.set_desired(DesiredSet(4, [spec("a"), spec("new", 2), spec("c", 3, env={"X": "1"})])) is False
+    rec.run_once()  # wants c with its new spec: not what the busy job does
+    gate.set()
+    assert _eventually(lambda: not rec._busy and pokes == [1])
+    rec.run_once(wait=True)
+    assert _eventually(lambda: [c["env"] for c in docker.containers.values() if c["name"] == "web.3.c"] == [{"X": "1"}])
 
 
 def test_a_pass_never_duplicates_what_a_job_made_while_the_engine_was_listed(
