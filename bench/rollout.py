@@ -404,18 +404,20 @@ def analyse(timeline: dict[str, dict[str, Any]], new_digest: str, t0: float, tot
     return out
 
 
-_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*desired set revision \d+:")
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+DESIRED_LINE = "desired set revision "  # the agent took a new desired set
+PASS_LINE = "pass: listed "  # a reconcile pass listed the engine's containers (a debug line)
 
 
-def desired_arrivals(paths: dict[str, Path], since: float) -> dict[str, list[float]]:
-    """host name -> Unix times at which its agent logged a new desired set (after ``since``)."""
+def agent_log_times(paths: dict[str, Path], since: float, marker: str = DESIRED_LINE) -> dict[str, list[float]]:
+    """host name -> Unix times of its agent's log lines that hold ``marker`` (after ``since``)."""
     out: dict[str, list[float]] = {}
     for host, path in paths.items():
         times = out.setdefault(host, [])
         with contextlib.suppress(OSError):
             for line in path.read_text(errors="replace").splitlines():
                 m = _LOG_TIME.match(line)
-                if m:
+                if m and marker in line:
                     t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
                     if t >= since - 1:
                         times.append(t)
@@ -869,7 +871,8 @@ def report(out: dict[str, Any]) -> None:
                   f"server pass + delivery {fmt(a.get('handoff_to_desired_median_s'), 0, 3)} s; agent pass -> create "
                   f"{fmt(a.get('handoff_desired_to_create_median_s'), 0, 3)} s; call -> first desired set "
                   f"{fmt(a.get('reaction_to_desired_s'), 0, 3)} s; desired sets per agent "
-                  f"{a.get('desired_sets_per_agent')}; the bench's 100 ms GET took median "
+                  f"{a.get('desired_sets_per_agent')}; engine listings per agent {a.get('listings_per_agent')}; "
+                  f"the bench's 100 ms GET took median "
                   f"{fmt(c.get('poll_get_median_s'), 0, 3)} s, max {fmt(c.get('poll_get_max_s'), 0, 3)} s")
 
     print()
@@ -990,7 +993,10 @@ def main(argv: list[str] | None = None) -> int:
             pulls.append(pull_count(ev))
             ev = service_events(ev, "io.corral.service", name)
             u["analysis"] = analyse(container_timeline(ev), images["v2"].index_digest, u["t0_wall"], u["total_s"],
-                                    parallelism, desired_arrivals(agent_logs, u["t0_wall"]))
+                                    parallelism, agent_log_times(agent_logs, u["t0_wall"]))
+            u["analysis"]["listings_per_agent"] = {
+                h: sum(1 for t in ts if t <= u["t0_wall"] + u["total_s"])
+                for h, ts in agent_log_times(agent_logs, u["t0_wall"] + 1, PASS_LINE).items()}
             u["deploy"] = d
             log(f"corral {order}: {u['total_s']:.2f} s")
             corral.remove(name)

@@ -227,6 +227,7 @@ class Reconciler:
             self._listing = dict(self._job_slots)  # jobs running now may create containers it misses
         try:
             containers = self.owned()
+            log.debug("pass: listed %d containers", len(containers))
         except BaseException:
             with self._lock:
                 self._listing = None
