@@ -135,7 +135,7 @@ class Agent:
         desired = DesiredSet.from_dict(body)
         if desired.revision == self.reconciler.desired.revision:
             return
-        self.state.save_desired(desired)  # on disk before acting on it
+        self.state.save_desired(body)  # on disk before acting on it (it parsed: it reads back the same)
         handled = self.reconciler.set_desired(desired)
         log.info("desired set revision %d: %d instances", desired.revision, len(desired.instances))
         if not handled:

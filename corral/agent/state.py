@@ -64,5 +64,8 @@ class StateDir:
         data = self._read("desired.json")
         return DesiredSet.from_dict(data) if data else None
 
-    def save_desired(self, desired: DesiredSet) -> None:
-        write_atomic(self.path / "desired.json", json.dumps(desired.to_dict()).encode())
+    def save_desired(self, desired: DesiredSet | dict[str, Any]) -> None:
+        """Keep a desired set: as parsed, or as the server sent it (a dict in DesiredSet.to_dict's
+        form, written as it is: no second conversion of every spec for each new set)."""
+        data = desired if isinstance(desired, dict) else desired.to_dict()
+        write_atomic(self.path / "desired.json", json.dumps(data).encode())

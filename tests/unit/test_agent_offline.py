@@ -112,3 +112,15 @@ def test_in_between_states_wait_for_the_next_change_decisive_ones_go_at_once(
     finally:
         agent.stop()
         t.join(5)
+
+
+def test_a_desired_set_kept_as_the_server_sent_it_reads_back_the_same(tmp_path: Path) -> None:
+    """The agent keeps each desired set as the server's JSON (no second conversion); a restart
+    without the server reads back exactly what it parsed, credentials for the pull included."""
+    state = StateDir(tmp_path)
+    spec = InstanceSpec(id="a", name="web.1.a", service="web", slot=1, image="img", env={"K": "v"},
+                        registry_auth={"username": "u", "password": "p", "serveraddress": "r"})
+    body = DesiredSet(7, [spec]).to_dict()
+    state.save_desired(body)
+    assert state.desired() == DesiredSet.from_dict(body) == DesiredSet(7, [spec])
+    assert (tmp_path / "desired.json").stat().st_mode & 0o777 == 0o600
