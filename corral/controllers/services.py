@@ -234,6 +234,7 @@ class ServiceController:
         revision = self._store.cluster_revision()
         if not services:  # nothing to place: joins and leaves need no look at the fleet
             self._clean_revision, self._forced = revision, False
+            self._wake_at, self._rolling = None, False  # and nothing is due (a removed service's update)
             return
         if self._images is not None:
             waiting = [s for s in services if s.resolution is None]

@@ -248,3 +248,16 @@ def test_events_filter_and_refuse_unknown_types(h: Harness) -> None:
     assert api(h, "GET", "/events", params={"type": "bogus"}).status_code == 422
     after = api(h, "GET", "/events", headers={"Last-Event-ID": str(evs[-1]["id"])}).json()
     assert after == []
+
+
+def test_removing_a_service_mid_update_leaves_nothing_due(h: Harness) -> None:
+    """An update's recheck time dies with its service: the reconcile loop must not keep waking for it
+    (it did, five passes a second, for as long as no other service existed)."""
+    agents = Agents(h, 1)
+    api(h, "POST", "/services", json={"name": "web", "image": IMG, "replicas": 2})
+    agents.report()
+    assert api(h, "POST", "/services/web/update", json={"env": {"V": "2"}}).status_code == 200
+    assert h.state.services.next_wake() is not None
+    api(h, "DELETE", "/services/web")
+    h.state.services.reconcile_all()
+    assert h.state.services.next_wake() is None and not h.state.services.updating
