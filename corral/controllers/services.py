@@ -261,17 +261,28 @@ class ServiceController:
     def reconcile(self, name: str, resolve: bool = True) -> None:
         """Reconcile one service; without ``resolve``, one whose image is not resolved yet is left
         to the reconcile loop (no registry call here)."""
+        if not resolve:  # a status report's: the fleet's read says all (no read of the service first)
+            with self._lock:
+                fleet = self._read()
+                service = fleet.service(name)
+                unresolved = service is not None and service.resolution is None and self._images is not None
+                changed = None
+                if service is None:
+                    self._watch(name, None)
+                elif not unresolved:
+                    changed, _ = self._place_retrying(name, fleet, reread=False)
+            if unresolved:
+                self.kick()  # outside the lock: without a loop, a kick is a pass, which takes it
+            if changed:
+                self._notify(changed)
+            return
         try:
             service = self._store.get_service(name)
         except NotFoundError:
             self._watch(name, None)
             return
-        if service.resolution is None and self._images is not None:
-            if not resolve:
-                self.kick()
-                return
-            if not self._resolve(service):
-                return
+        if service.resolution is None and self._images is not None and not self._resolve(service):
+            return
         with self._lock:
             changed, _ = self._place_retrying(name, self._read(), reread=False)
         if changed:

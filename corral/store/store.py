@@ -121,6 +121,7 @@ HOSTS: Table = HostRow.__table__  # type: ignore[assignment]
 INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 CLUSTER: Table = ClusterStateRow.__table__  # type: ignore[assignment]
+SERVICES: Table = ServiceRow.__table__  # type: ignore[assignment]
 # every column but the spec, in Instance's order (the spec comes from the cache)
 _INSTANCE_COLUMNS = tuple(INSTANCES.c[name] for name in Instance._fields if name != "spec")
 _SPEC_CACHE_MAX = 200_000
@@ -362,6 +363,8 @@ class Store:
         host's overlay report; a higher repair count in it is recorded as an event.
         """
         now = self.clock()
+        if facts is None and not facts_patch and isinstance(overlay, _Unset):
+            return self._status_report(host_id, statuses, now)
         with self._write() as s:
             row = s.get(HostRow, host_id)
             if row is None:
@@ -385,25 +388,43 @@ class Store:
             if not isinstance(overlay, _Unset) and overlay != row.overlay:
                 self._overlay_report(s, row, overlay)
             if statuses:
-                self._record_statuses(s, row, statuses)
+                self._record_statuses(s, row.id, row.name, statuses)
             return came_back
 
-    def _record_statuses(self, s: Session, host: HostRow, statuses: Sequence[InstanceStatus]) -> None:
+    def _status_report(self, host_id: str, statuses: Sequence[InstanceStatus], now: float) -> bool:
+        """:meth:`heartbeat` for the common report, statuses only (no facts, no overlay): plain
+        statements, and the host row's documents are neither read nor written."""
+        with self._write() as s:
+            row = s.execute(select(HOSTS.c.name, HOSTS.c.state).where(HOSTS.c.id == host_id)).first()
+            if row is None:
+                raise NotFoundError(f"no host {host_id!r}")
+            came_back = row.state != "ready"
+            if came_back:
+                self._changed(s)
+                self._event(s, "host", "up", row.name, id=host_id)
+            if statuses:
+                self._record_statuses(s, host_id, row.name, statuses)
+            # the host row after its instances' rows, as plans take them (PostgreSQL row locks)
+            s.execute(update(HOSTS).where(HOSTS.c.id == host_id).values(state="ready", last_seen=now))
+        if came_back:
+            self._overlay_changed()
+        return came_back
+
+    def _record_statuses(self, s: Session, host_id: str, host_name: str, statuses: Sequence[InstanceStatus]) -> None:
         """Store the statuses of the host's instances (others' are ignored), with an event for
         each change of state or health."""
         by_id = {st.instance_id: st for st in statuses}
-        services: Table = ServiceRow.__table__  # type: ignore[assignment]
         known = s.execute(select(INSTANCES.c.id, INSTANCES.c.slot, INSTANCES.c.state, INSTANCES.c.health,
-                                 services.c.name)
-                          .join(services, services.c.id == INSTANCES.c.service_id)
-                          .where(INSTANCES.c.host_id == host.id, INSTANCES.c.id.in_(by_id))).all()
+                                 SERVICES.c.name)
+                          .join(SERVICES, SERVICES.c.id == INSTANCES.c.service_id)
+                          .where(INSTANCES.c.host_id == host_id, INSTANCES.c.id.in_(by_id))).all()
         changes = []
         for iid, slot, state, health_was, service in known:
             st = by_id[iid]
             health = st.health or ""
             if state != st.state or health_was != health:
                 self._event(s, "instance", st.state if state != st.state else f"health_{health}", service,
-                            id=iid, slot=slot, host=host.name, exit_code=st.exit_code, error=st.error[:500],
+                            id=iid, slot=slot, host=host_name, exit_code=st.exit_code, error=st.error[:500],
                             health=health)
             changes.append({"b_id": iid, "health": health, "state": st.state, "exit_code": st.exit_code,
                             "error": st.error, "container_id": st.container_id, "restarts": st.restarts,
@@ -809,7 +830,8 @@ class Store:
         with self._write() as s:
             if add or remove:
                 self._changed(s, expect_revision)
-            svc = s.get(ServiceRow, service_id)
+            svc = s.execute(select(SERVICES.c.name, SERVICES.c.pending_reason, SERVICES.c.replicas, SERVICES.c.version)
+                            .where(SERVICES.c.id == service_id)).first()
             if svc is None:  # deleted meanwhile: nothing to do
                 return []
             hosts: set[str] = set()
@@ -838,15 +860,18 @@ class Store:
                 s.execute(insert(INSTANCES), rows)
                 # the next read needs no decoding (an entry of a plan that fails is never asked for)
                 self._specs.update((str(r["id"]), (str(r["address"]), r["spec"])) for r in rows)
+            changes: dict[str, Any] = {}
             if svc.pending_reason != pending_reason:
-                svc.pending_reason = pending_reason
+                changes["pending_reason"] = pending_reason
             if replicas is not None and svc.replicas != replicas:  # global services: hosts that qualify
-                svc.replicas = replicas
+                changes["replicas"] = replicas
             if update_state is not None:
-                svc.update_state = update_state
-                if event:
-                    self._event(s, "service", event, svc.name, version=svc.version,
-                                message=update_state.get("message") or None)
+                changes["update_state"] = update_state
+            if changes:
+                s.execute(update(SERVICES).where(SERVICES.c.id == service_id).values(**changes))
+            if update_state is not None and event:
+                self._event(s, "service", event, svc.name, version=svc.version,
+                            message=update_state.get("message") or None)
             self._bump(s, sorted(hosts))
             return sorted(hosts)
 
