@@ -303,13 +303,16 @@ class Reconciler:
         needs no second look when that job ends (it reports the outcome itself).  Without this,
         while an update keeps jobs busy, every job's end would start a pass whose listing finds
         other jobs busy, and so on.  A container is removed by any job that holds it; an instance
-        is made to run its spec by a job that ensures or replaces it with that very spec."""
+        is made to run its spec by a job that ensures or replaces it with that very spec, unless it
+        publishes an ingress port: its route is set by a pass that sees it run."""
         doing = self._doing.get(key)
         if doing is None:
             return False
         if fn == self._remove:
             return True
-        return fn == self._ensure and doing[0] in (self._ensure, self._replace) and doing[1] == args[0]
+        spec = args[0]
+        return (fn == self._ensure and doing[0] in (self._ensure, self._replace) and doing[1] == spec
+                and isinstance(spec, InstanceSpec) and not _ingress(spec))
 
     def _settled(self, spec: InstanceSpec, found: list[ContainerInfo]) -> bool:
         """Nothing to do for this instance: its one container runs the current spec, healthy or

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -109,3 +110,37 @@ def test_the_reconciler_routes_ingress_ports_to_ready_current_containers() -> No
     rec.set_desired(DesiredSet(2, specs[1:]))  # i1 goes: out of the rotation before it is stopped
     rec.run_once(wait=True)
     assert table[-1] == {8080: [(ips["web.2.i2"], 80)]}
+
+
+def test_an_ingress_instance_joins_the_rotation_when_its_start_ends() -> None:
+    """A pass that finds an ingress instance's job busy has another pass run when the job ends: that
+    pass, which sees it running, routes to it (not the periodic one, seconds later)."""
+    table: list[dict[int, list[tuple[str, int]]]] = []
+
+    class Recorder:
+        def update(self, routes: dict[int, list[tuple[str, int]]]) -> None:
+            table.append({k: sorted(v) for k, v in routes.items()})
+
+    docker = FakeDocker(images={"img"})
+    pokes: list[int] = []
+    rec = Reconciler(docker, "h", on_change=lambda: None, ingress=Recorder(),  # type: ignore[arg-type]
+                     on_work_done=lambda: pokes.append(1))
+    rec.set_desired(DesiredSet(1, []))
+    rec.run_once(wait=True)
+    gate = threading.Event()
+    real_start = docker.start
+    docker.start = lambda cid: (gate.wait(10), real_start(cid))[1]  # type: ignore[method-assign]
+    web = InstanceSpec(id="i1", name="web.1.i1", service="web", slot=1, image="img",
+                       ports=[PortSpec(8080, 80, "tcp", "ingress")])
+    assert rec.set_desired(DesiredSet(2, [web])) is False  # started at once; its route needs a pass
+    deadline = time.monotonic() + 5
+    while not docker.containers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rec.run_once()  # the pass asked for: the job still waits in start
+    assert table[-1] == {8080: []}
+    gate.set()
+    while not pokes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pokes == [1], "the job's end asks for the pass that routes to it"
+    rec.run_once(wait=True)
+    assert table[-1] == {8080: [(docker.list_containers()[0].ip, 80)]}
