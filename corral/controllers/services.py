@@ -259,32 +259,27 @@ class ServiceController:
             self._clean_revision = None if changed_any else fleet.revision
 
     def reconcile(self, name: str, resolve: bool = True) -> None:
-        """Reconcile one service; without ``resolve``, one whose image is not resolved yet is left
-        to the reconcile loop (no registry call here)."""
-        if not resolve:  # a status report's: the fleet's read says all (no read of the service first)
-            with self._lock:
-                fleet = self._read()
-                service = fleet.service(name)
-                unresolved = service is not None and service.resolution is None and self._images is not None
-                changed = None
-                if service is None:
-                    self._watch(name, None)
-                elif not unresolved:
-                    changed, _ = self._place_retrying(name, fleet, reread=False)
-            if unresolved:
-                self.kick()  # outside the lock: without a loop, a kick is a pass, which takes it
-            if changed:
-                self._notify(changed)
-            return
-        try:
-            service = self._store.get_service(name)
-        except NotFoundError:
-            self._watch(name, None)
-            return
-        if service.resolution is None and self._images is not None and not self._resolve(service):
-            return
+        """Reconcile one service; without ``resolve`` (a status report's), one whose image is not
+        resolved yet is left to the reconcile loop (no registry call here)."""
+        if resolve and self._images is not None:  # the registry is asked before, not under, the lock
+            try:
+                service = self._store.get_service(name)
+            except NotFoundError:
+                pass  # the fleet's read below finds it gone
+            else:
+                if service.resolution is None and not self._resolve(service):
+                    return
+        changed: list[str] | None = None
         with self._lock:
-            changed, _ = self._place_retrying(name, self._read(), reread=False)
+            fleet = self._read()
+            found = fleet.service(name)
+            unresolved = found is not None and found.resolution is None and self._images is not None
+            if found is None:
+                self._watch(name, None)
+            elif not unresolved:
+                changed, _ = self._place_retrying(name, fleet, reread=False)
+        if unresolved:
+            self.kick()  # outside the lock: without a loop, a kick is a pass, which takes it
         if changed:
             self._notify(changed)
 

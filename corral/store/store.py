@@ -3,9 +3,9 @@
 Callers get detached ORM rows (read them, never write through them) or plain
 values.  Instances, which every reconcile and listing reads by the hundred, come
 as :class:`Instance` tuples from plain column selects, their specs decoded once
-per process (see :meth:`Store._with_specs`).  Every change to what a host should run bumps that host's revision in
-the same transaction, so an agent that has revision N knows it has everything
-up to N.  On SQLite, write transactions are serialised by a process-wide lock
+per process (see :meth:`Store._specs_for`).  Every change to what a host should
+run bumps that host's revision in the same transaction, so an agent that has
+revision N knows it has everything up to N.  On SQLite, write transactions are serialised by a process-wide lock
 (SQLite allows one writer; waiting on a Python lock is cheaper than retrying
 "database is locked").
 
