@@ -13,7 +13,8 @@ Everything runs on this machine, on real processes, in one run:
 - Corral: a real ``corral server`` (SQLite) and one real ``corral agent`` per host. A service
   of ``--replicas`` (default 100) spread over the 3 hosts; once all run, ``POST
   /api/v1/services/NAME/update {"image": v2, "update_config": {parallelism, delay 0, order,
-  monitor}}``; timed from just before the POST until ``GET /api/v1/services/NAME`` (polled
+  monitor}}``; timed from just before the POST until ``GET
+  /api/v1/services/NAME?instances=false`` (what ``corral service update`` watches; polled
   every 100 ms) shows ``update.state == "completed"`` and ``running == replicas``.
 - Docker Swarm: ``docker swarm init --advertise-addr 127.0.0.1`` on the engine of
   ``bench-ro1`` only. ``docker service create --replicas N`` of v1, wait until converged, then
@@ -497,8 +498,8 @@ class CorralSide:
         self.api = server.client()
         self.names: set[str] = set()
 
-    def get(self, name: str) -> dict[str, Any]:
-        r = self.api.get(f"/api/v1/services/{name}")
+    def get(self, name: str, instances: bool = True) -> dict[str, Any]:
+        r = self.api.get(f"/api/v1/services/{name}", params=None if instances else {"instances": "false"})
         r.raise_for_status()
         return dict(r.json())
 
@@ -556,9 +557,10 @@ class CorralSide:
                 break
             time.sleep(max(0.0, POLL - (time.monotonic() - now)))
             g0 = time.monotonic()
-            svc = self.get(name)
+            svc = self.get(name, instances=False)  # as `corral service update` watches: counts only
             gets.append(time.monotonic() - g0)
         total = time.monotonic() - t0
+        svc = self.get(name)
         return {"done": done, "total_s": total if done else None, "waited_s": total, "t0_wall": t0_wall,
                 "post_s": posted, "milestones": milestones(progress, replicas), "states": states,
                 "final_update": svc.get("update"), "final_running": svc.get("running"),

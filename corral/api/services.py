@@ -59,9 +59,13 @@ def _services(state: ServerState) -> list[dict[str, Any]]:
 
 
 @router.get("/services/{name}", response_model=None)
-def get_service(name: str, state: ServerState = Depends(server_state)) -> Response:
-    """Cached as the listings are: watchers (``service update`` showing progress) poll it."""
-    return state.listings.response(("service", name), state.store.generation, lambda: _service_body(state, name))
+def get_service(name: str, instances: bool = Query(default=True),
+                state: ServerState = Depends(server_state)) -> Response:
+    """Cached as the listings are.  Watchers of an update's progress (``service update``) poll
+    it with ``instances=false``: the counts and the update's state without an entry per instance,
+    which for a large service is most of the body and of the work."""
+    return state.listings.response(("service", name, instances), state.store.generation,
+                                   lambda: _service_body(state, name, instances))
 
 
 @router.patch("/services/{name}")

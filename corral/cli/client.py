@@ -347,9 +347,10 @@ class CorralClient:
     def list_services(self) -> list[JSONDict]:
         return self._list("GET", "/services")
 
-    def get_service(self, name: str) -> JSONDict:
-        """A service with its ``instances``."""
-        return self._object("GET", f"/services/{_quote(name)}")
+    def get_service(self, name: str, instances: bool = True) -> JSONDict:
+        """A service with its ``instances`` (without, only its counts and update state)."""
+        params = None if instances else {"instances": "false"}
+        return self._object("GET", f"/services/{_quote(name)}", params=params)
 
     def scale_service(self, name: str, replicas: int) -> JSONDict:
         return self._object("PATCH", f"/services/{_quote(name)}", json={"replicas": replicas})

@@ -205,7 +205,7 @@ def watch(client: Any, names: list[str], timeout: float = WATCH_TIMEOUT, interva
         pending = set(names)
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
-                svc = client.get_service(name)
+                svc = client.get_service(name, instances=False)
                 done, total, note, finished = rollout_progress(svc)
                 progress.update(tasks[name], completed=done, total=total, note=note)
                 if finished:

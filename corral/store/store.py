@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy import Engine, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.model import LABEL_ADDRESS, DesiredSet, InstanceSpec, InstanceStatus
@@ -185,6 +185,8 @@ class Store:
         # is current, whichever server process wrote the row.
         self._specs: dict[str, tuple[str, dict[str, Any]]] = {}
         self._valid_tokens: dict[tuple[str, str], float] = {}  # (kind, hash) -> valid until (monotonic)
+        self._credentials: dict[str, tuple[float, RegistryCredentialRow | None]] = {}  # registry -> (until, row)
+        self._credential_changes = 0
 
     def _overlay_changed(self) -> None:
         self.overlay_generation += 1
@@ -198,11 +200,30 @@ class Store:
     def _write(self, quiet: bool = False) -> Iterator[Session]:
         """A write transaction; unless ``quiet`` (nothing a listing shows changed), it moves
         :attr:`generation` on, which read caches key on."""
+        with self._writing(quiet), self._sessions.begin() as session:
+            yield session
+
+    # The hot paths (status reports, a reconcile's reads, desired sets) are plain Core statements:
+    # on a Connection they cost half what they cost through a Session, which adds its own
+    # bookkeeping to every statement.
+
+    @contextmanager
+    def _core_read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _core_write(self, quiet: bool = False) -> Iterator[Connection]:
+        """:meth:`_write` for plain statements."""
+        with self._writing(quiet), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _writing(self, quiet: bool) -> Iterator[None]:
         if self._write_lock is not None:
             self._write_lock.acquire()
         try:
-            with self._sessions.begin() as session:
-                yield session
+            yield
             if not quiet:
                 self.generation += 1
         finally:
@@ -264,7 +285,7 @@ class Store:
         return row
 
     def cluster_revision(self) -> int:
-        with self._read() as s:
+        with self._core_read() as s:
             return s.scalar(select(CLUSTER.c.revision).where(CLUSTER.c.id == 1)) or 0
 
     def host_briefs(self, ids: Iterable[str] | None = None) -> dict[str, HostBrief]:
@@ -274,7 +295,7 @@ class Store:
         wanted = None if ids is None else set(ids)
         if wanted is not None and len(wanted) <= 500:
             q = q.where(HOSTS.c.id.in_(wanted))
-        with self._read() as s:
+        with self._core_read() as s:
             return {r.id: HostBrief(r.id, r.name, r.state, r.platform) for r in s.execute(q)
                     if wanted is None or r.id in wanted}
 
@@ -285,7 +306,7 @@ class Store:
             return (row.name, row.token_hash) if row else None
 
     def host_revisions(self) -> dict[str, int]:
-        with self._read() as s:
+        with self._core_read() as s:
             return {host_id: rev for host_id, rev in s.execute(select(HostRow.id, HostRow.revision))}
 
     def list_hosts(self) -> list[HostRow]:
@@ -394,7 +415,7 @@ class Store:
     def _status_report(self, host_id: str, statuses: Sequence[InstanceStatus], now: float) -> bool:
         """:meth:`heartbeat` for the common report, statuses only (no facts, no overlay): plain
         statements, and the host row's documents are neither read nor written."""
-        with self._write() as s:
+        with self._core_write() as s:
             row = s.execute(select(HOSTS.c.name, HOSTS.c.state).where(HOSTS.c.id == host_id)).first()
             if row is None:
                 raise NotFoundError(f"no host {host_id!r}")
@@ -410,7 +431,7 @@ class Store:
             self._overlay_changed()
         return came_back
 
-    def _record_statuses(self, s: Session, host_id: str, host_name: str, statuses: Sequence[InstanceStatus]) -> None:
+    def _record_statuses(self, s: Session | Connection, host_id: str, host_name: str, statuses: Sequence[InstanceStatus]) -> None:
         """Store the statuses of the host's instances (others' are ignored), with an event for
         each change of state or health."""
         by_id = {st.instance_id: st for st in statuses}
@@ -536,7 +557,7 @@ class Store:
         return back
 
     def host_revision(self, host_id: str) -> int:
-        with self._read() as s:
+        with self._core_read() as s:
             rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
@@ -549,7 +570,7 @@ class Store:
     def desired_specs(self, host_id: str) -> tuple[int, list[dict[str, Any]]]:
         """A host's revision and its instances' specs as stored (shared with the cache: copy a
         spec before changing it), by instance id: what the agent channel sends."""
-        with self._read() as s:
+        with self._core_read() as s:
             rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
@@ -762,11 +783,28 @@ class Store:
                                     created_at=self.clock())
         with self._write() as s:
             s.merge(row)
+        self._forget_credentials()
         return row
 
+    def _forget_credentials(self) -> None:
+        self._credential_changes += 1
+        self._credentials.clear()
+
     def registry_credential(self, registry: str) -> RegistryCredentialRow | None:
+        """The credential stored for a registry.  Every desired set sent to an agent asks for its
+        images' registries, so an answer is remembered for TOKEN_MEMORY seconds: a change made
+        through this process shows at once, one made through another server within that time."""
+        hit = self._credentials.get(registry)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        changes = self._credential_changes
         with self._read() as s:
-            return s.get(RegistryCredentialRow, registry)
+            row = s.get(RegistryCredentialRow, registry)
+        if changes == self._credential_changes:  # not read across a change: safe to remember
+            if len(self._credentials) > 1000:
+                self._credentials.clear()
+            self._credentials[registry] = (time.monotonic() + TOKEN_MEMORY, row)
+        return row
 
     def list_registry_credentials(self) -> list[RegistryCredentialRow]:
         with self._read() as s:
@@ -778,10 +816,11 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no credentials stored for registry {registry!r}")
             s.delete(row)
+        self._forget_credentials()
 
     def list_instances(self, service_id: str | None = None,
                        host_id: str | None = None) -> list[Instance]:
-        with self._read() as s:
+        with self._core_read() as s:
             q = select(*_INSTANCE_COLUMNS)
             if service_id is not None:
                 q = q.where(INSTANCES.c.service_id == service_id)
@@ -793,7 +832,7 @@ class Store:
                 self._specs = {r[0]: self._specs[r[0]] for r in rows if r[0] in self._specs}
             return [Instance._make((*r[:4], spec, *r[4:])) for r, spec in zip(rows, specs, strict=True)]
 
-    def _specs_for(self, s: Session, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    def _specs_for(self, s: Session | Connection, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """The specs of instances given as (id, address), decoding only those not cached yet
         (JSON decoding every spec was most of the cost of reading a fleet's instances)."""
         cache = self._specs
@@ -940,7 +979,7 @@ class Store:
 
     # -- events ---------------------------------------------------------------------
 
-    def _event(self, s: Session, type_: str, action: str, subject: str, **attrs: Any) -> None:
+    def _event(self, s: Session | Connection, type_: str, action: str, subject: str, **attrs: Any) -> None:
         s.execute(insert(EVENTS), {"ts": self.clock(), "type": type_, "action": action, "subject": subject,
                                      "attrs": {k: v for k, v in attrs.items() if v is not None}})
 
@@ -964,7 +1003,7 @@ class Store:
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     @staticmethod
-    def _changed(s: Session, expect: int | None = None) -> None:
+    def _changed(s: Session | Connection, expect: int | None = None) -> None:
         """Bump the cluster revision; with ``expect``, only from that value (row-locked on PostgreSQL)."""
         stmt = update(CLUSTER).where(CLUSTER.c.id == 1).values(revision=CLUSTER.c.revision + 1)
         if expect is not None:
@@ -973,6 +1012,6 @@ class Store:
             raise StaleRevision(f"the cluster changed (revision is no longer {expect})")
 
     @staticmethod
-    def _bump(s: Session, host_ids: Sequence[str]) -> None:
+    def _bump(s: Session | Connection, host_ids: Sequence[str]) -> None:
         if host_ids:
             s.execute(update(HOSTS).where(HOSTS.c.id.in_(host_ids)).values(revision=HOSTS.c.revision + 1))

@@ -229,6 +229,20 @@ def test_status_report_and_host_down_up(h: Harness) -> None:
     assert h.client.get(f"/api/v1/hosts/{host}", headers=h.as_admin()).json()["state"] == "ready"
 
 
+def test_a_service_without_its_instances_has_the_same_counts(h: Harness) -> None:
+    host, cred = h.register("a")
+    h.client.post("/api/v1/services", json={"name": "web", "image": "busybox", "replicas": 2}, headers=h.as_admin())
+    inst = h.state.store.list_instances()[0]
+    h.client.post("/api/v1/agent/status", headers={"Authorization": f"Bearer {cred}"}, json={
+        "instances": [{"instance_id": inst.id, "state": "running", "since": 100.0, "container_id": "abc"}]})
+    full = h.client.get("/api/v1/services/web", headers=h.as_admin()).json()
+    brief = h.client.get("/api/v1/services/web?instances=false", headers=h.as_admin()).json()
+    assert len(full.pop("instances")) == 2 and "instances" not in brief
+    assert brief == full and (brief["running"], brief["desired"], brief["status"]) == (1, 2, "degraded")
+    # each form is cached apart: the full one still lists the instances
+    assert len(h.client.get("/api/v1/services/web", headers=h.as_admin()).json()["instances"]) == 2
+
+
 def test_labels_add_and_remove(h: Harness) -> None:
     host, _ = h.register("a")
     r = h.client.put("/api/v1/hosts/a/labels/zone", json={"value": "edge"}, headers=h.as_admin())

@@ -158,4 +158,5 @@ def test_registry_credentials_never_come_back_and_reach_only_the_pulling_host(h:
     assert images.forgotten[-1] == "127.0.0.1:5001"
     assert h.client.delete("/api/v1/registries/127.0.0.1:5001", headers=h.as_admin()).status_code == 204
     assert h.state.store.host_revision(pi4) == revisions[pi4] + 2
+    assert {i["service"]: i["registry_auth"] for i in channel(pi4_cred)["instances"]}["private"] is None
     assert h.client.delete("/api/v1/registries/127.0.0.1:5001", headers=h.as_admin()).status_code == 404
