@@ -125,6 +125,43 @@ SERVICES: Table = ServiceRow.__table__  # type: ignore[assignment]
 # every column but the spec, in Instance's order (the spec comes from the cache)
 _INSTANCE_COLUMNS = tuple(INSTANCES.c[name] for name in Instance._fields if name != "spec")
 _SPEC_CACHE_MAX = 200_000
+
+
+def _ids(name: str = "ids") -> Any:
+    return bindparam(name, expanding=True)
+
+
+# Built once: building a statement and its cache key costs more than running it on SQLite.
+_CLUSTER_REVISION = select(CLUSTER.c.revision).where(CLUSTER.c.id == 1)
+_BUMP_CLUSTER = update(CLUSTER).where(CLUSTER.c.id == 1).values(revision=CLUSTER.c.revision + 1)
+_BUMP_CLUSTER_FROM = _BUMP_CLUSTER.where(CLUSTER.c.revision == bindparam("expect"))
+_BUMP_HOSTS = update(HOSTS).where(HOSTS.c.id.in_(_ids())).values(revision=HOSTS.c.revision + 1)
+_HOST_REVISION = select(HOSTS.c.revision).where(HOSTS.c.id == bindparam("host_id"))
+_HOST_NAME_STATE = select(HOSTS.c.name, HOSTS.c.state).where(HOSTS.c.id == bindparam("host_id"))
+_HOST_SEEN = update(HOSTS).where(HOSTS.c.id == bindparam("host_id")).values(state="ready",
+                                                                           last_seen=bindparam("now"))
+_INSERT_EVENT = insert(EVENTS)
+_INSERT_INSTANCES = insert(INSTANCES)
+_INSTANCE_KEYS_OF_HOST = (select(INSTANCES.c.id, INSTANCES.c.address)
+                          .where(INSTANCES.c.host_id == bindparam("host_id")).order_by(INSTANCES.c.id))
+_INSTANCE_SPECS = select(INSTANCES.c.id, INSTANCES.c.address, INSTANCES.c.spec).where(INSTANCES.c.id.in_(_ids()))
+_INSTANCES_ORDER = (INSTANCES.c.service_id, INSTANCES.c.slot, INSTANCES.c.id)
+_LIST_INSTANCES = {
+    (by_service, by_host): select(*_INSTANCE_COLUMNS).where(
+        *([INSTANCES.c.service_id == bindparam("service_id")] if by_service else []),
+        *([INSTANCES.c.host_id == bindparam("host_id")] if by_host else [])).order_by(*_INSTANCES_ORDER)
+    for by_service in (False, True) for by_host in (False, True)}
+_REPORTED = (select(INSTANCES.c.id, INSTANCES.c.slot, INSTANCES.c.state, INSTANCES.c.health, SERVICES.c.name)
+             .join(SERVICES, SERVICES.c.id == INSTANCES.c.service_id)
+             .where(INSTANCES.c.host_id == bindparam("host_id"), INSTANCES.c.id.in_(_ids())))
+_RECORD_STATUS = update(INSTANCES).where(INSTANCES.c.id == bindparam("b_id"))
+_PLAN_SERVICE = (select(SERVICES.c.name, SERVICES.c.pending_reason, SERVICES.c.replicas, SERVICES.c.version)
+                 .where(SERVICES.c.id == bindparam("service_id")))
+_LEAVING = select(INSTANCES.c.id, INSTANCES.c.host_id, INSTANCES.c.slot).where(INSTANCES.c.id.in_(_ids()))
+_DELETE_INSTANCES = delete(INSTANCES).where(INSTANCES.c.id.in_(_ids()))
+_NEXT_ADDRESS = update(HOSTS).where(HOSTS.c.id == bindparam("host_id")).values(next_address=bindparam("next"))
+_OVERLAY_HOSTS_OF = (select(HOSTS.c.id, HOSTS.c.subnet, HOSTS.c.overlay, HOSTS.c.next_address)
+                     .where(HOSTS.c.id.in_(_ids()), HOSTS.c.subnet.is_not(None)))
 TOKEN_MEMORY = 2.0  # seconds a valid token is taken as valid without asking the database
 
 
@@ -286,7 +323,7 @@ class Store:
 
     def cluster_revision(self) -> int:
         with self._core_read() as s:
-            return s.scalar(select(CLUSTER.c.revision).where(CLUSTER.c.id == 1)) or 0
+            return s.scalar(_CLUSTER_REVISION) or 0
 
     def host_briefs(self, ids: Iterable[str] | None = None) -> dict[str, HostBrief]:
         """Hosts' id, name, state and platform (those in ``ids``, or all): what listings of
@@ -416,7 +453,7 @@ class Store:
         """:meth:`heartbeat` for the common report, statuses only (no facts, no overlay): plain
         statements, and the host row's documents are neither read nor written."""
         with self._core_write() as s:
-            row = s.execute(select(HOSTS.c.name, HOSTS.c.state).where(HOSTS.c.id == host_id)).first()
+            row = s.execute(_HOST_NAME_STATE, {"host_id": host_id}).first()
             if row is None:
                 raise NotFoundError(f"no host {host_id!r}")
             came_back = row.state != "ready"
@@ -426,7 +463,7 @@ class Store:
             if statuses:
                 self._record_statuses(s, host_id, row.name, statuses)
             # the host row after its instances' rows, as plans take them (PostgreSQL row locks)
-            s.execute(update(HOSTS).where(HOSTS.c.id == host_id).values(state="ready", last_seen=now))
+            s.execute(_HOST_SEEN, {"host_id": host_id, "now": now})
         if came_back:
             self._overlay_changed()
         return came_back
@@ -435,10 +472,7 @@ class Store:
         """Store the statuses of the host's instances (others' are ignored), with an event for
         each change of state or health."""
         by_id = {st.instance_id: st for st in statuses}
-        known = s.execute(select(INSTANCES.c.id, INSTANCES.c.slot, INSTANCES.c.state, INSTANCES.c.health,
-                                 SERVICES.c.name)
-                          .join(SERVICES, SERVICES.c.id == INSTANCES.c.service_id)
-                          .where(INSTANCES.c.host_id == host_id, INSTANCES.c.id.in_(by_id))).all()
+        known = s.execute(_REPORTED, {"host_id": host_id, "ids": list(by_id)}).all()
         changes = []
         for iid, slot, state, health_was, service in known:
             st = by_id[iid]
@@ -451,7 +485,7 @@ class Store:
                             "error": st.error, "container_id": st.container_id, "restarts": st.restarts,
                             "since": st.since})
         if changes:
-            s.execute(update(INSTANCES).where(INSTANCES.c.id == bindparam("b_id")), changes)
+            s.execute(_RECORD_STATUS, changes)
 
     def _overlay_report(self, s: Session, row: HostRow, overlay: dict[str, Any] | None) -> None:
         """Store an agent's overlay report; a host's first key gets it a subnet.
@@ -558,7 +592,7 @@ class Store:
 
     def host_revision(self, host_id: str) -> int:
         with self._core_read() as s:
-            rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
+            rev = s.scalar(_HOST_REVISION, {"host_id": host_id})
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
             return rev
@@ -571,11 +605,10 @@ class Store:
         """A host's revision and its instances' specs as stored (shared with the cache: copy a
         spec before changing it), by instance id: what the agent channel sends."""
         with self._core_read() as s:
-            rev = s.scalar(select(HOSTS.c.revision).where(HOSTS.c.id == host_id))
+            rev = s.scalar(_HOST_REVISION, {"host_id": host_id})
             if rev is None:
                 raise NotFoundError(f"no host {host_id!r}")
-            keys = s.execute(select(INSTANCES.c.id, INSTANCES.c.address).where(INSTANCES.c.host_id == host_id)
-                             .order_by(INSTANCES.c.id)).all()
+            keys = s.execute(_INSTANCE_KEYS_OF_HOST, {"host_id": host_id}).all()
             return rev, self._specs_for(s, keys)
 
     # -- services and instances -----------------------------------------------
@@ -821,12 +854,8 @@ class Store:
     def list_instances(self, service_id: str | None = None,
                        host_id: str | None = None) -> list[Instance]:
         with self._core_read() as s:
-            q = select(*_INSTANCE_COLUMNS)
-            if service_id is not None:
-                q = q.where(INSTANCES.c.service_id == service_id)
-            if host_id is not None:
-                q = q.where(INSTANCES.c.host_id == host_id)
-            rows = s.execute(q.order_by(INSTANCES.c.service_id, INSTANCES.c.slot, INSTANCES.c.id)).all()
+            rows = s.execute(_LIST_INSTANCES[service_id is not None, host_id is not None],
+                             {"service_id": service_id, "host_id": host_id}).all()
             specs = self._specs_for(s, [(r[0], r[15]) for r in rows])
             if service_id is None and host_id is None:  # every instance there is: forget those gone
                 self._specs = {r[0]: self._specs[r[0]] for r in rows if r[0] in self._specs}
@@ -841,8 +870,7 @@ class Store:
             cache = self._specs = {}
             stale = [iid for iid, _ in keys]
         for i in range(0, len(stale), 500):
-            for iid, address, spec in s.execute(select(INSTANCES.c.id, INSTANCES.c.address, INSTANCES.c.spec)
-                                                .where(INSTANCES.c.id.in_(stale[i:i + 500]))):
+            for iid, address, spec in s.execute(_INSTANCE_SPECS, {"ids": stale[i:i + 500]}):
                 cache[iid] = (address, spec)
         # an instance deleted between the two reads has no spec: an empty one stands in
         return [cache.get(iid, (address, {}))[1] for iid, address in keys]
@@ -869,17 +897,15 @@ class Store:
         with self._write() as s:
             if add or remove:
                 self._changed(s, expect_revision)
-            svc = s.execute(select(SERVICES.c.name, SERVICES.c.pending_reason, SERVICES.c.replicas, SERVICES.c.version)
-                            .where(SERVICES.c.id == service_id)).first()
+            svc = s.execute(_PLAN_SERVICE, {"service_id": service_id}).first()
             if svc is None:  # deleted meanwhile: nothing to do
                 return []
             hosts: set[str] = set()
             if remove:
-                for inst_id, host_id, slot in s.execute(select(InstanceRow.id, InstanceRow.host_id, InstanceRow.slot)
-                                                        .where(InstanceRow.id.in_(remove))):
+                for inst_id, host_id, slot in s.execute(_LEAVING, {"ids": remove}):
                     hosts.add(host_id)
                     self._event(s, "instance", "removed", svc.name, id=inst_id, slot=slot, host_id=host_id)
-                s.execute(delete(InstanceRow).where(InstanceRow.id.in_(remove)))
+                s.execute(_DELETE_INSTANCES, {"ids": remove})
             addresses = self._addresses(s, add)
             rows: list[dict[str, Any]] = []
             for new in add:
@@ -896,7 +922,7 @@ class Store:
                 self._event(s, "instance", "placed", svc.name, id=new.spec.id, slot=new.slot, host_id=new.host_id,
                             version=new.spec_version)
             if rows:
-                s.execute(insert(INSTANCES), rows)
+                s.execute(_INSERT_INSTANCES, rows)
                 # the next read needs no decoding (an entry of a plan that fails is never asked for)
                 self._specs.update((str(r["id"]), (str(r["address"]), r["spec"])) for r in rows)
             changes: dict[str, Any] = {}
@@ -920,27 +946,30 @@ class Store:
         host_ids = sorted({new.host_id for new in add})
         if not host_ids:
             return {}
-        hosts = {h.id: h for h in s.scalars(select(HostRow).where(HostRow.id.in_(host_ids),
-                                                                    HostRow.subnet.is_not(None)))
-                 if h.overlay and h.overlay.get("public_key")}
+        # host id -> [subnet, next address to try, as stored]
+        hosts = {r.id: [r.subnet, r.next_address, r.next_address]
+                 for r in s.execute(_OVERLAY_HOSTS_OF, {"ids": host_ids}) if r.overlay and r.overlay.get("public_key")}
         if not hosts:
             return {}
         used: dict[str, set[str]] = defaultdict(set)
-        for host_id, address in s.execute(select(InstanceRow.host_id, InstanceRow.address).where(
-                InstanceRow.host_id.in_(hosts), InstanceRow.address != "")):
+        for host_id, address in s.execute(select(INSTANCES.c.host_id, INSTANCES.c.address).where(
+                INSTANCES.c.host_id.in_(hosts), INSTANCES.c.address != "")):
             used[host_id].add(address)
         out: dict[str, str] = {}
         for new in add:
             host = hosts.get(new.host_id)
-            if host is None or host.subnet is None:
+            if host is None:
                 continue
             try:
-                address, host.next_address = pick_address(host.subnet, used[host.id], host.next_address)
+                address, host[1] = pick_address(host[0], used[new.host_id], host[1])
             except SubnetFull as exc:
                 log.warning("instance %s runs without an overlay address: %s", new.spec.id, exc)
                 continue
-            used[host.id].add(address)
+            used[new.host_id].add(address)
             out[new.spec.id] = address
+        moved = [{"host_id": h, "next": nxt} for h, (_, nxt, was) in sorted(hosts.items()) if nxt != was]
+        if moved:
+            s.execute(_NEXT_ADDRESS, moved)
         return out
 
     # -- overlay ----------------------------------------------------------------------
@@ -980,7 +1009,7 @@ class Store:
     # -- events ---------------------------------------------------------------------
 
     def _event(self, s: Session | Connection, type_: str, action: str, subject: str, **attrs: Any) -> None:
-        s.execute(insert(EVENTS), {"ts": self.clock(), "type": type_, "action": action, "subject": subject,
+        s.execute(_INSERT_EVENT, {"ts": self.clock(), "type": type_, "action": action, "subject": subject,
                                      "attrs": {k: v for k, v in attrs.items() if v is not None}})
 
     def list_events(self, after_id: int = 0, since: float | None = None, limit: int = 1000) -> list[EventRow]:
@@ -1005,13 +1034,12 @@ class Store:
     @staticmethod
     def _changed(s: Session | Connection, expect: int | None = None) -> None:
         """Bump the cluster revision; with ``expect``, only from that value (row-locked on PostgreSQL)."""
-        stmt = update(CLUSTER).where(CLUSTER.c.id == 1).values(revision=CLUSTER.c.revision + 1)
-        if expect is not None:
-            stmt = stmt.where(CLUSTER.c.revision == expect)
-        if s.execute(stmt).rowcount != 1 and expect is not None:  # type: ignore[attr-defined]
+        if expect is None:
+            s.execute(_BUMP_CLUSTER)
+        elif s.execute(_BUMP_CLUSTER_FROM, {"expect": expect}).rowcount != 1:  # type: ignore[attr-defined]
             raise StaleRevision(f"the cluster changed (revision is no longer {expect})")
 
     @staticmethod
     def _bump(s: Session | Connection, host_ids: Sequence[str]) -> None:
         if host_ids:
-            s.execute(update(HOSTS).where(HOSTS.c.id.in_(host_ids)).values(revision=HOSTS.c.revision + 1))
+            s.execute(_BUMP_HOSTS, {"ids": list(host_ids)})
