@@ -5,6 +5,11 @@ but speak for a host; a host credential may read only its own host's desired
 set and write only its own status; the join token may only register a host.
 A missing, malformed, wrong or revoked token is 401; a valid token used
 outside its rights is 403.  Neither changes anything.
+
+The dependencies are async: FastAPI runs a plain function dependency on its
+thread pool, one hop per dependency per request, which for the agents' small
+requests cost more than the check.  Only a check that must ask the store (a
+token not remembered) takes a worker thread.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from corral.server.hostauth import HostIdentity
 from corral.server.state import ServerState
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.corral
     return state
 
@@ -51,13 +56,21 @@ def _valid_cluster_token(token: tokens.Token, state: ServerState) -> bool:
         token.kind, tokens.hash_secret(token.secret))
 
 
-def require_admin(request: Request, state: ServerState = Depends(server_state)) -> None:
+async def _cluster_token_ok(token: tokens.Token, state: ServerState) -> bool:
+    """:func:`_valid_cluster_token`, on the event loop when the store remembers the answer."""
+    if token.ident == state.ca_fingerprint and state.store.token_remembered(token.kind,
+                                                                            tokens.hash_secret(token.secret)):
+        return True
+    return await run_in_threadpool(_valid_cluster_token, token, state)
+
+
+async def require_admin(request: Request, state: ServerState = Depends(server_state)) -> None:
     token = _bearer(request)
-    if token.kind == tokens.ADMIN and _valid_cluster_token(token, state):
+    if token.kind == tokens.ADMIN and await _cluster_token_ok(token, state):
         return
-    if token.kind == tokens.HOST and _host_for(token, state) is not None:
+    if token.kind == tokens.HOST and await run_in_threadpool(_host_for, token, state) is not None:
         raise HTTPException(403, "a host credential cannot do this: it needs the admin token")
-    if token.kind == tokens.JOIN and _valid_cluster_token(token, state):
+    if token.kind == tokens.JOIN and await _cluster_token_ok(token, state):
         raise HTTPException(403, "a join token can only register a host")
     raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
 
@@ -70,14 +83,14 @@ async def require_host(request: Request, state: ServerState = Depends(server_sta
         if host is not None:
             state.monitor.seen(host.id)  # alive, even if the server is too busy to answer soon
             return host
-    elif await run_in_threadpool(_valid_cluster_token, token, state):
+    elif await _cluster_token_ok(token, state):
         raise HTTPException(403, "this endpoint is for agents: it needs a host credential")
     raise HTTPException(401, "invalid or revoked host credential", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_join(request: Request, state: ServerState = Depends(server_state)) -> None:
+async def require_join(request: Request, state: ServerState = Depends(server_state)) -> None:
     token = _bearer(request)
-    if token.kind == tokens.JOIN and _valid_cluster_token(token, state):
+    if token.kind == tokens.JOIN and await _cluster_token_ok(token, state):
         return
     if token.kind == tokens.JOIN and token.ident != state.ca_fingerprint:
         raise HTTPException(401, "join token is for another cluster (CA fingerprint differs)")

@@ -136,6 +136,11 @@ _CLUSTER_REVISION = select(CLUSTER.c.revision).where(CLUSTER.c.id == 1)
 _BUMP_CLUSTER = update(CLUSTER).where(CLUSTER.c.id == 1).values(revision=CLUSTER.c.revision + 1)
 _BUMP_CLUSTER_FROM = _BUMP_CLUSTER.where(CLUSTER.c.revision == bindparam("expect"))
 _BUMP_HOSTS = update(HOSTS).where(HOSTS.c.id.in_(_ids())).values(revision=HOSTS.c.revision + 1)
+_SILENT_HOSTS = select(HOSTS.c.id, HOSTS.c.name).where(HOSTS.c.state == "ready",
+                                                       HOSTS.c.last_seen < bindparam("before"))
+_HOSTS_NOT_READY = select(HOSTS.c.id, HOSTS.c.name).where(HOSTS.c.state != "ready")
+_HOSTS_SEEN_AT = update(HOSTS).where(HOSTS.c.id.in_(_ids())).values(last_seen=bindparam("ts"))
+_HOSTS_READY = update(HOSTS).where(HOSTS.c.id.in_(_ids())).values(state="ready")
 _HOST_REVISION = select(HOSTS.c.revision).where(HOSTS.c.id == bindparam("host_id"))
 _HOST_NAME_STATE = select(HOSTS.c.name, HOSTS.c.state).where(HOSTS.c.id == bindparam("host_id"))
 _HOST_SEEN = update(HOSTS).where(HOSTS.c.id == bindparam("host_id")).values(state="ready",
@@ -288,13 +293,18 @@ class Store:
         if replace:  # after the commit: a check that raced it may have remembered an old token
             self._valid_tokens.clear()
 
+    def token_remembered(self, kind: str, secret_hash: str) -> bool:
+        """Whether :meth:`token_valid` said yes for this token less than TOKEN_MEMORY seconds ago
+        (no database read: callers on an event loop ask this first)."""
+        return self._valid_tokens.get((kind, secret_hash), 0.0) > time.monotonic()
+
     def token_valid(self, kind: str, secret_hash: str) -> bool:
         """Whether a token of that kind with that hash exists and is not revoked.  A yes is
         remembered for TOKEN_MEMORY seconds (every CLI and API call checks the admin token); a
         token this process revokes is refused at once, one revoked by another server within
         that time."""
         key = (kind, secret_hash)
-        if self._valid_tokens.get(key, 0.0) > time.monotonic():
+        if self.token_remembered(kind, secret_hash):
             return True
         with self._read() as s:
             valid = s.scalar(select(TokenRow.id).where(TokenRow.kind == kind, TokenRow.secret_hash == secret_hash,
@@ -548,9 +558,11 @@ class Store:
     @retried
     def mark_down(self, last_seen_before: float, spare: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Mark down the ready hosts not seen since ``last_seen_before`` (but those in ``spare``)."""
+        with self._core_read() as c:  # asked every second, and almost always nobody: no write then
+            if all(r.id in spare for r in c.execute(_SILENT_HOSTS, {"before": last_seen_before})):
+                return []
         with self._write() as s:
-            rows = [r for r in s.execute(select(HostRow.id, HostRow.name).where(
-                HostRow.state == "ready", HostRow.last_seen < last_seen_before)) if r.id not in spare]
+            rows = [r for r in s.execute(_SILENT_HOSTS, {"before": last_seen_before}) if r.id not in spare]
             ids = [r.id for r in rows]
             if ids:
                 s.execute(update(HostRow).where(HostRow.id.in_(ids)).values(state="down"))
@@ -565,10 +577,9 @@ class Store:
         """Record when hosts were last heard from (one batch); return those that were down."""
         if not seen:
             return []
-        with self._write(quiet=True) as s:
+        with self._core_write(quiet=True) as s:
             # few hosts are ever not ready: find them, rather than asking about every host seen
-            rows = [r for r in s.execute(select(HostRow.id, HostRow.name).where(HostRow.state != "ready"))
-                    if r.id in seen]
+            rows = [r for r in s.execute(_HOSTS_NOT_READY) if r.id in seen]
             back = [r.id for r in rows]
             for r in rows:
                 self._event(s, "host", "up", r.name, id=r.id)
@@ -581,10 +592,9 @@ class Store:
             for ts, ids in by_time.items():
                 ids.sort()  # host rows in one order in every transaction: no deadlocks between them
                 for i in range(0, len(ids), 5000):
-                    s.execute(update(HostRow).where(HostRow.id.in_(ids[i:i + 5000])).values(last_seen=ts)
-                              .execution_options(synchronize_session=False))
+                    s.execute(_HOSTS_SEEN_AT, {"ids": ids[i:i + 5000], "ts": ts})
             if back:
-                s.execute(update(HostRow).where(HostRow.id.in_(back)).values(state="ready"))
+                s.execute(_HOSTS_READY, {"ids": back})
         if back:
             self.generation += 1
             self._overlay_changed()

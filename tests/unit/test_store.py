@@ -139,9 +139,12 @@ def test_delete_service_removes_instances_and_bumps(store: Store) -> None:
 
 def test_tokens_and_rotation(store: Store) -> None:
     store.add_token("J1", "old")
-    assert store.token_valid("J1", "old")
+    assert not store.token_remembered("J1", "old")  # not asked yet
+    assert store.token_valid("J1", "old") and store.token_remembered("J1", "old")
     store.add_token("J1", "new", replace=True)
+    assert not store.token_remembered("J1", "old")
     assert not store.token_valid("J1", "old") and store.token_valid("J1", "new")
+    assert not store.token_remembered("J1", "old") and store.token_remembered("J1", "new")
     assert not store.token_valid("A1", "new")
 
 
@@ -150,3 +153,13 @@ def test_a_facts_patch_changes_only_the_keys_it_names(store: Store) -> None:
     store.heartbeat(host.id, None, [], facts_patch={"images": ["sha256:1", "sha256:2"], "cpus": None})
     assert store.host_by_id(host.id).facts == {  # type: ignore[union-attr]
         "platform": "linux/arm64", "images": ["sha256:1", "sha256:2"]}
+
+
+def test_a_down_check_that_finds_nobody_silent_writes_nothing(store: Store) -> None:
+    host = store.create_host("a", {"platform": "linux/amd64"}, {}, "h" * 64)
+    seen = store.generation
+    assert store.mark_down(store.clock() - 60) == [] and store.generation == seen  # listings stay cached
+    assert store.mark_down(store.clock() - 60, spare={host.id}) == []
+    assert store.mark_down(store.clock() + 1, spare={host.id}) == [] and store.generation == seen
+    assert store.mark_down(store.clock() + 1) == [host.id] and store.generation > seen
+    assert store.get_host(host.id).state == "down"
