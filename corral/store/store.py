@@ -904,7 +904,7 @@ class Store:
         """
         now = self.clock()
         add, remove = list(add), list(remove)
-        with self._write() as s:
+        with self._core_write() as s:
             if add or remove:
                 self._changed(s, expect_revision)
             svc = s.execute(_PLAN_SERVICE, {"service_id": service_id}).first()
@@ -951,7 +951,7 @@ class Store:
             return sorted(hosts)
 
     @staticmethod
-    def _addresses(s: Session, add: list[NewInstance]) -> dict[str, str]:
+    def _addresses(s: Session | Connection, add: list[NewInstance]) -> dict[str, str]:
         """Overlay addresses for new instances on hosts that run the overlay (round-robin per host)."""
         host_ids = sorted({new.host_id for new in add})
         if not host_ids:
