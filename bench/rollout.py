@@ -410,8 +410,11 @@ DESIRED_LINE = "desired set revision "  # the agent took a new desired set
 PASS_LINE = "pass: listed "  # a reconcile pass listed the engine's containers (a debug line)
 
 
-def agent_log_times(paths: dict[str, Path], since: float, marker: str = DESIRED_LINE) -> dict[str, list[float]]:
-    """host name -> Unix times of its agent's log lines that hold ``marker`` (after ``since``)."""
+def agent_log_times(paths: dict[str, Path], since: float, marker: str = DESIRED_LINE,
+                    slack: float = 1.0) -> dict[str, list[float]]:
+    """host name -> Unix times of its agent's log lines that hold ``marker``, from ``slack``
+    seconds before ``since`` on (the hand-off split matches desired sets to containers, and a
+    second of slack keeps the first ones; the engine-listing count wants none)."""
     out: dict[str, list[float]] = {}
     for host, path in paths.items():
         times = out.setdefault(host, [])
@@ -420,7 +423,7 @@ def agent_log_times(paths: dict[str, Path], since: float, marker: str = DESIRED_
                 m = _LOG_TIME.match(line)
                 if m and marker in line:
                     t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-                    if t >= since - 1:
+                    if t >= since - slack:
                         times.append(t)
         times.sort()
     return out
@@ -1022,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
                                     parallelism, agent_log_times(agent_logs, u["t0_wall"]))
             u["analysis"]["listings_per_agent"] = {
                 h: sum(1 for t in ts if t <= u["t0_wall"] + u["total_s"])
-                for h, ts in agent_log_times(agent_logs, u["t0_wall"] + 1, PASS_LINE).items()}
+                for h, ts in agent_log_times(agent_logs, u["t0_wall"], PASS_LINE, slack=0.0).items()}
             u["deploy"] = d
             log(f"corral {order}: {u['total_s']:.2f} s")
             corral.remove(name)
