@@ -13,12 +13,12 @@ import urllib.parse
 import pytest
 from tests.e2e.conftest import run_quick_bench
 
-from testbed.daemons import docker_request, ensure_dockerd
+from testbed.daemons import docker_request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (dockerd)")
 
 
-def test_container_cost_bench_quick_reports_every_phase_and_cleans_up(registry: str) -> None:
+def test_container_cost_bench_quick_reports_every_phase_and_cleans_up(registry: str, docker_host: str) -> None:
     out, res = run_quick_bench("container_cost.py", timeout=240)
 
     assert res["count"] == 3 and set(res["results"]) == {"default", "none", "host"}
@@ -28,5 +28,5 @@ def test_container_cost_bench_quick_reports_every_phase_and_cleans_up(registry: 
         assert r["create_start_wall_ms"] > r["remove_wall_ms"], mode  # starting a container is the big part
     assert "network namespace's share" in out
     filters = urllib.parse.quote(json.dumps({"label": ["corral.bench.container-cost"]}))
-    status, raw = docker_request(ensure_dockerd(), "GET", f"/containers/json?all=1&filters={filters}")
+    status, raw = docker_request(docker_host, "GET", f"/containers/json?all=1&filters={filters}")
     assert status == 200 and json.loads(raw) == []
