@@ -1,4 +1,4 @@
-"""What every bench script shares: its error type, SIGTERM handling and progress log.
+"""What every bench script shares: its error type, SIGTERM handling, progress log and Engine API calls.
 
 Bench scripts run as ``python bench/NAME.py`` (the repository root is put on
 ``sys.path`` first), print their figures on stdout and their progress on stderr.
@@ -6,8 +6,15 @@ Bench scripts run as ``python bench/NAME.py`` (the repository root is put on
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+import urllib.parse
+from typing import Any
+
+from testbed.daemons import docker_request
+
+API = "/v1.41"  # the Engine API version the benches speak (Debian 12's docker.io serves it)
 
 
 class BenchError(RuntimeError):
@@ -22,3 +29,18 @@ def on_sigterm(*_: object) -> None:
 def log(msg: str) -> None:
     """A progress line on stderr, with the time."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def engine(host: str, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+    """One Engine API call (stdlib, over the unix socket): the decoded JSON, or None for 404."""
+    status, raw = docker_request(host, method, API + path, body, timeout=timeout)
+    if status == 404:
+        return None
+    if status >= 400:
+        raise BenchError(f"{method} {path}: HTTP {status}: {raw[:300]!r}")
+    return json.loads(raw) if raw.strip() else None
+
+
+def q(filters: dict[str, list[str]], **extra: str) -> str:
+    """``?filters=...`` (and any other parameters) for an Engine API path."""
+    return "?" + urllib.parse.urlencode({"filters": json.dumps(filters), **extra})

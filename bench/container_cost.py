@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import BenchError, log, on_sigterm  # noqa: E402
+from bench.common import BenchError, engine, log, on_sigterm  # noqa: E402
 from testbed.daemons import docker_request, ensure_dockerd, ensure_registry  # noqa: E402
 from testbed.images import build_busybox  # noqa: E402
 
@@ -52,13 +52,6 @@ def busy_core_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def engine(host: str, method: str, path: str, body: Any = None) -> Any:
-    status, raw = docker_request(host, method, path, body)
-    if status >= 300:
-        raise BenchError(f"{method} {path}: HTTP {status}: {raw[:300]!r}")
-    return json.loads(raw) if raw else None
-
-
 def measure(host: str, image: str, mode: str, count: int) -> dict[str, float]:
     """Create+start, stop and remove ``count`` containers; per container: CPU ms and wall ms."""
     config: dict[str, Any] = {"Image": image, "Cmd": COMMAND, "Labels": {LABEL: mode}}
@@ -71,7 +64,10 @@ def measure(host: str, image: str, mode: str, count: int) -> dict[str, float]:
             cpu0, wall0 = busy_core_seconds(), time.monotonic()
             if phase == "create_start":
                 for _ in range(count):
-                    ids.append(engine(host, "POST", "/containers/create", config)["Id"])
+                    created = engine(host, "POST", "/containers/create", config)
+                    if created is None:
+                        raise BenchError(f"{image}: not on the engine")
+                    ids.append(created["Id"])
                     engine(host, "POST", f"/containers/{ids[-1]}/start")
             elif phase == "stop":
                 for cid in ids:

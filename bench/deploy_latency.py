@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import BenchError, on_sigterm  # noqa: E402
+from bench.common import BenchError, engine, on_sigterm, q  # noqa: E402
 from corral.agent.reconciler import parse_docker_time  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
-from testbed.daemons import docker_request, ensure_registry  # noqa: E402
+from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import build_busybox  # noqa: E402
 from testbed.netns import NetnsHost  # noqa: E402
 
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
-API = "/v1.41"
 TRAP_SCRIPT = 'trap "exit 0" TERM; while :; do sleep 1 & wait; done'
 TRAP_CMD = ["sh", "-c", TRAP_SCRIPT]
 HOST_NAME = "bench-lat"
@@ -79,18 +77,6 @@ METHODS = ("docker run", "swarm", "corral")
 # ---------------------------------------------------------------- engine helpers
 
 
-def engine(host: str, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-    """One Engine API call (stdlib, over the unix socket); the decoded JSON or None."""
-    status, raw = docker_request(host, method, API + path, body, timeout=timeout)
-    if status >= 400 and status != 404:
-        raise BenchError(f"{method} {path}: HTTP {status}: {raw[:300]!r}")
-    if status == 404:
-        return None
-    return json.loads(raw) if raw.strip() else None
-
-
-def q(filters: dict[str, list[str]], **extra: str) -> str:
-    return "?" + urllib.parse.urlencode({"filters": json.dumps(filters), **extra})
 
 
 def containers(host: str, label: str) -> list[dict[str, Any]]:

@@ -89,9 +89,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import BenchError, log, on_sigterm  # noqa: E402
+from bench.common import API, BenchError, engine, log, on_sigterm, q  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc  # noqa: E402
-from testbed.daemons import docker_request, ensure_registry  # noqa: E402
+from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import (  # noqa: E402
     FIXED_CREATED,
     OCI_CONFIG,
@@ -109,7 +109,6 @@ from testbed.images import (  # noqa: E402
 from testbed.netns import NetnsHost  # noqa: E402
 
 DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
-API = "/v1.41"
 IMAGE_REPO = "corral/bench-rollout"
 HOSTS = (("bench-ro1", 211), ("bench-ro2", 212), ("bench-ro3", 213))  # bridges 172.31.21x.1/24
 TRAP_SCRIPT = 'trap "exit 0" TERM; while :; do sleep 1 & wait; done'
@@ -157,17 +156,6 @@ def wait(pred: Any, timeout: float, what: str, dl: Deadline, interval: float = 0
 # ---------------------------------------------------------------- engine helpers
 
 
-def engine(host: str, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-    status, raw = docker_request(host, method, API + path, body, timeout=timeout)
-    if status == 404:
-        return None
-    if status >= 400:
-        raise BenchError(f"{method} {path}: HTTP {status}: {raw[:300]!r}")
-    return json.loads(raw) if raw.strip() else None
-
-
-def q(filters: dict[str, list[str]], **extra: str) -> str:
-    return "?" + urllib.parse.urlencode({"filters": json.dumps(filters), **extra})
 
 
 def containers(host: str, label: str) -> list[dict[str, Any]]:
