@@ -39,16 +39,19 @@ def _bearer(request: Request) -> tokens.Token:
 
 
 def _host_for(token: tokens.Token, state: ServerState) -> HostIdentity | None:
-    raw = str(token)
-    known = state.host_auth.get(raw)
-    if known is not None:
-        return known
+    """The host a credential belongs to, asked of the store (and remembered), or None."""
     found = state.store.host_credential(token.ident)
     if found is None or not tokens.secret_matches(token.secret, found[1]):
         return None
     host = HostIdentity(token.ident, found[0])
-    state.host_auth.put(raw, host)
+    state.host_auth.put(str(token), host)
     return host
+
+
+async def _host_of(token: tokens.Token, state: ServerState) -> HostIdentity | None:
+    """The host a credential belongs to: remembered, on the event loop; else :func:`_host_for` on a
+    worker thread."""
+    return state.host_auth.get(str(token)) or await run_in_threadpool(_host_for, token, state)
 
 
 def _valid_cluster_token(token: tokens.Token, state: ServerState) -> bool:
@@ -68,7 +71,7 @@ async def require_admin(request: Request, state: ServerState = Depends(server_st
     token = _bearer(request)
     if token.kind == tokens.ADMIN and await _cluster_token_ok(token, state):
         return
-    if token.kind == tokens.HOST and await run_in_threadpool(_host_for, token, state) is not None:
+    if token.kind == tokens.HOST and await _host_of(token, state) is not None:
         raise HTTPException(403, "a host credential cannot do this: it needs the admin token")
     if token.kind == tokens.JOIN and await _cluster_token_ok(token, state):
         raise HTTPException(403, "a join token can only register a host")
@@ -79,7 +82,7 @@ async def require_host(request: Request, state: ServerState = Depends(server_sta
     """Async, so that an agent's poll is answered on the event loop when its credential is known."""
     token = _bearer(request)
     if token.kind == tokens.HOST:
-        host = state.host_auth.get(str(token)) or await run_in_threadpool(_host_for, token, state)
+        host = await _host_of(token, state)
         if host is not None:
             state.monitor.seen(host.id)  # alive, even if the server is too busy to answer soon
             return host
