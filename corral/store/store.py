@@ -25,7 +25,7 @@ import secrets
 import threading
 from collections import defaultdict
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -170,6 +170,35 @@ _OVERLAY_HOSTS_OF = (select(HOSTS.c.id, HOSTS.c.subnet, HOSTS.c.overlay, HOSTS.c
 TOKEN_MEMORY = 2.0  # seconds a valid token is taken as valid without asking the database
 
 
+class _Memory:
+    """Answers remembered for TOKEN_MEMORY seconds, for reads that every request or desired set
+    makes.  :meth:`forget` (after this process changed what they read) drops them all, and an
+    answer read across such a change is not kept."""
+
+    MISS = object()
+
+    def __init__(self, max_entries: int = 1000) -> None:
+        self._answers: dict[Hashable, tuple[float, Any]] = {}  # key -> (until, answer)
+        self._max = max_entries
+        self.changes = 0  # what :meth:`put` compares: read it before the read it remembers
+
+    def get(self, key: Hashable) -> Any:
+        """The remembered answer, or :attr:`MISS`."""
+        hit = self._answers.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else self.MISS
+
+    def put(self, key: Hashable, answer: Any, changes: int) -> None:
+        if changes != self.changes:  # read across a change: it may be the old answer
+            return
+        if len(self._answers) >= self._max:
+            self._answers.clear()
+        self._answers[key] = (time.monotonic() + TOKEN_MEMORY, answer)
+
+    def forget(self) -> None:
+        self.changes += 1
+        self._answers.clear()
+
+
 @dataclass(frozen=True)
 class OverlayHost:
     id: str
@@ -226,9 +255,8 @@ class Store:
         # overlay address (_readdress sets both), so an entry whose address still matches the row
         # is current, whichever server process wrote the row.
         self._specs: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._valid_tokens: dict[tuple[str, str], float] = {}  # (kind, hash) -> valid until (monotonic)
-        self._credentials: dict[str, tuple[float, RegistryCredentialRow | None]] = {}  # registry -> (until, row)
-        self._credential_changes = 0
+        self._valid_tokens = _Memory()  # (kind, hash) -> True, for tokens found valid
+        self._credentials = _Memory()  # registry -> its RegistryCredentialRow, or None
 
     def _overlay_changed(self) -> None:
         self.overlay_generation += 1
@@ -291,28 +319,26 @@ class Store:
             s.add(TokenRow(id=new_id(), kind=kind, secret_hash=secret_hash, revoked=False,
                            created_at=self.clock()))
         if replace:  # after the commit: a check that raced it may have remembered an old token
-            self._valid_tokens.clear()
+            self._valid_tokens.forget()
 
     def token_remembered(self, kind: str, secret_hash: str) -> bool:
         """Whether :meth:`token_valid` said yes for this token less than TOKEN_MEMORY seconds ago
         (no database read: callers on an event loop ask this first)."""
-        return self._valid_tokens.get((kind, secret_hash), 0.0) > time.monotonic()
+        return self._valid_tokens.get((kind, secret_hash)) is True
 
     def token_valid(self, kind: str, secret_hash: str) -> bool:
         """Whether a token of that kind with that hash exists and is not revoked.  A yes is
         remembered for TOKEN_MEMORY seconds (every CLI and API call checks the admin token); a
         token this process revokes is refused at once, one revoked by another server within
         that time."""
-        key = (kind, secret_hash)
         if self.token_remembered(kind, secret_hash):
             return True
+        changes = self._valid_tokens.changes
         with self._read() as s:
             valid = s.scalar(select(TokenRow.id).where(TokenRow.kind == kind, TokenRow.secret_hash == secret_hash,
                                                        TokenRow.revoked.is_(False)).limit(1)) is not None
         if valid:
-            if len(self._valid_tokens) > 1000:
-                self._valid_tokens.clear()
-            self._valid_tokens[key] = time.monotonic() + TOKEN_MEMORY
+            self._valid_tokens.put((kind, secret_hash), True, changes)
         return valid
 
     # -- hosts ----------------------------------------------------------------
@@ -826,27 +852,20 @@ class Store:
                                     created_at=self.clock())
         with self._write() as s:
             s.merge(row)
-        self._forget_credentials()
+        self._credentials.forget()
         return row
-
-    def _forget_credentials(self) -> None:
-        self._credential_changes += 1
-        self._credentials.clear()
 
     def registry_credential(self, registry: str) -> RegistryCredentialRow | None:
         """The credential stored for a registry.  Every desired set sent to an agent asks for its
         images' registries, so an answer is remembered for TOKEN_MEMORY seconds: a change made
         through this process shows at once, one made through another server within that time."""
         hit = self._credentials.get(registry)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        changes = self._credential_changes
+        if hit is not _Memory.MISS:
+            return hit
+        changes = self._credentials.changes
         with self._read() as s:
             row = s.get(RegistryCredentialRow, registry)
-        if changes == self._credential_changes:  # not read across a change: safe to remember
-            if len(self._credentials) > 1000:
-                self._credentials.clear()
-            self._credentials[registry] = (time.monotonic() + TOKEN_MEMORY, row)
+        self._credentials.put(registry, row, changes)
         return row
 
     def list_registry_credentials(self) -> list[RegistryCredentialRow]:
@@ -859,7 +878,7 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no credentials stored for registry {registry!r}")
             s.delete(row)
-        self._forget_credentials()
+        self._credentials.forget()
 
     def list_instances(self, service_id: str | None = None,
                        host_id: str | None = None) -> list[Instance]:
