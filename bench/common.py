@@ -1,4 +1,5 @@
-"""What every bench script shares: its error type, SIGTERM handling, progress log and Engine API calls.
+"""What every bench script shares: its error type, SIGTERM handling, progress log, Engine API calls
+and the machine's busy CPU.
 
 Bench scripts run as ``python bench/NAME.py`` (the repository root is put on
 ``sys.path`` first), print their figures on stdout and their progress on stderr.
@@ -7,6 +8,7 @@ Bench scripts run as ``python bench/NAME.py`` (the repository root is put on
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -15,6 +17,14 @@ from typing import Any
 from testbed.daemons import docker_request
 
 API = "/v1.41"  # the Engine API version the benches speak (Debian 12's docker.io serves it)
+
+
+def busy_core_seconds() -> float:
+    """Core-seconds the whole machine has spent busy since boot (all but idle and iowait): every
+    process and the kernel's own work, which runc, the shims and network namespaces are mostly."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):

@@ -36,20 +36,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import BenchError, engine, log, on_sigterm  # noqa: E402
+from bench.common import BenchError, busy_core_seconds, engine, log, on_sigterm  # noqa: E402
 from testbed.daemons import docker_request, ensure_dockerd, ensure_registry  # noqa: E402
 from testbed.images import build_busybox  # noqa: E402
 
 COMMAND = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1 & wait; done']
 LABEL = "corral.bench.container-cost"
 MODES = ("default", "none", "host")
-
-
-def busy_core_seconds() -> float:
-    """Core-seconds the whole machine has spent busy since boot (all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(host: str, image: str, mode: str, count: int) -> dict[str, float]:

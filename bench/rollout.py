@@ -89,7 +89,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import API, BenchError, engine, log, on_sigterm, q  # noqa: E402
+from bench.common import API, BenchError, busy_core_seconds, engine, log, on_sigterm, q  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc  # noqa: E402
 from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import (  # noqa: E402
@@ -430,12 +430,6 @@ def _proc_cpu(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _machine_busy() -> float:
-    """Busy core-seconds of the whole machine since boot (all but idle and iowait)."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / _TICK
-
-
 class CpuMeter:
     """CPU used during one timed update: the machine's busy core-seconds, and those of the Corral
     server, its agents, and the engines of the bench's hosts (dockerd and its containerd)."""
@@ -456,7 +450,7 @@ class CpuMeter:
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
-        out = {"machine": _machine_busy()}
+        out = {"machine": busy_core_seconds()}
         for name, pids in self.groups.items():
             out[name] = sum(info[1] for pid in pids if (info := _proc_cpu(pid)) is not None)
         return out
@@ -795,9 +789,29 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     swarm_s = [r["swarm"]["total_s"] for r in rounds]
     typical = sorted(rounds, key=lambda r: r["corral"]["total_s"])[(len(rounds) - 1) // 2]
     return {**typical, "ratio": statistics.median(corral_s) / statistics.median(swarm_s),
+            "cpu": cpu_floor(rounds, os.cpu_count() or 1),
             "corral_median_s": statistics.median(corral_s), "swarm_median_s": statistics.median(swarm_s),
             "rounds": [{"corral_s": r["corral"]["total_s"], "swarm_s": r["swarm"]["total_s"], "ratio": r["ratio"],
                         "sequence": r["sequence"]} for r in rounds]}
+
+
+def cpu_floor(rounds: list[dict[str, Any]], cpus: int) -> dict[str, float] | None:
+    """What the machine's CPU says about the times, summed over the rounds: how busy each side
+    kept the CPUs (core-seconds over ``cpus`` x wall time; near 1: CPU-bound, and the time
+    follows the CPU used), each side's core-seconds, and Corral's without its control plane
+    (its server and agents): the least Corral could use if they cost nothing, against Swarm's
+    whole update (SwarmKit runs inside the engine, so it cannot be taken apart the same way)."""
+    def total(side: str, key: str) -> float:
+        return sum(float((r[side].get("cpu_core_s") or {}).get(key) or 0.0) for r in rounds)
+
+    corral, swarm = total("corral", "machine"), total("swarm", "machine")
+    if corral <= 0 or swarm <= 0:
+        return None
+    control = total("corral", "corral server") + total("corral", "corral agents")
+    wall = {side: sum(r[side]["total_s"] for r in rounds) for side in ("corral", "swarm")}
+    return {"corral_core_s": corral, "swarm_core_s": swarm, "corral_control_plane_core_s": control,
+            "corral_busy": corral / (cpus * wall["corral"]), "swarm_busy": swarm / (cpus * wall["swarm"]),
+            "cpu_ratio": corral / swarm, "cpu_ratio_without_control_plane": (corral - control) / swarm}
 
 
 def fmt(x: float | None, w: int = 7, p: int = 2) -> str:
@@ -842,7 +856,11 @@ def report(out: dict[str, Any]) -> None:
     print()
     for order in m["orders"]:
         ok = out["goals"].get(f"faster_than_swarm_{order}")
-        print(f"goal: faster than Swarm ({order}): {'PASS' if ok else 'FAIL' if ok is False else 'n/a'}")
+        verdict = "PASS" if ok else "FAIL" if ok is False else "n/a"
+        if order == "stop-first":
+            print(f"goal: faster than Swarm, both with their default update order (stop-first): {verdict}")
+        else:  # the issue names start-first for the gap; its time is measured as well
+            print(f"also timed: faster than Swarm with {order}: {verdict}")
     g = out.get("gap") or {}
     verdict = g.get("verdict", "not measured")
     ok = out["goals"].get("no_gap_start_first")
@@ -876,6 +894,17 @@ def report(out: dict[str, Any]) -> None:
             print(f"{side + ' ' + order:<20} {fmt(a.get('handoff_median_s'), 8, 3)} "
                   f"{fmt(a.get('old_die_to_new_start_median_s'), 17, 3)}   "
                   f"machine {cpu.get('machine', 0):.1f} ({parts}) (load {r.get('load_at_start', '-')})")
+    for order in m["orders"]:
+        f = out["runs"][order].get("cpu")
+        if f:
+            n = len(out["runs"][order].get("rounds") or [1])
+            bound = "both CPU-bound: the time follows the CPU" if min(f["corral_busy"], f["swarm_busy"]) >= 0.9 \
+                else "not both CPU-bound"
+            print(f"CPU, {order}, {n} round{'s' if n > 1 else ''}: Corral kept the {m['cpus']} CPUs "
+                  f"{f['corral_busy']:.0%} busy, Swarm {f['swarm_busy']:.0%}; Corral {f['corral_core_s']:.1f} "
+                  f"core-s (its server and agents {f['corral_control_plane_core_s']:.1f}) against Swarm's "
+                  f"{f['swarm_core_s']:.1f}: {f['cpu_ratio']:.2f}x, and {f['cpu_ratio_without_control_plane']:.2f}x "
+                  f"without Corral's server and agents ({bound})")
     for order in m["orders"]:
         a = out["runs"][order]["corral"].get("analysis") or {}
         c = out["runs"][order]["corral"]
@@ -1086,7 +1115,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 corral.remove("ro-web", timeout=60)
 
+        # the issue's goal is the time with both tools' default order (stop-first); start-first's is reported too
         goals: dict[str, Any] = {f"faster_than_swarm_{o}": runs[o]["ratio"] < 1 for o in orders}
+        goals["faster_than_swarm"] = goals.get("faster_than_swarm_stop-first")
         goals["no_gap_start_first"] = bool(gap) and gap.get("verdict") == "no gap"
         meta = {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cpus": os.cpu_count(),

@@ -43,7 +43,13 @@ def test_rollout_bench_quick_reports_sane_json(registry: str) -> None:
         if order == "stop-first":  # every new container started after its slot's old one stopped
             assert c["analysis"]["old_die_to_new_start_median_s"] > 0
         assert f"faster_than_swarm_{order}" in res["goals"]
-    assert "Corral/Swarm" in out and "goal: faster than Swarm (stop-first)" in out
+        f = run["cpu"]
+        assert f["corral_core_s"] == pytest.approx(c["cpu_core_s"]["machine"])
+        assert 0 < f["cpu_ratio_without_control_plane"] < f["cpu_ratio"]
+        assert f["corral_busy"] > 0 and f["swarm_busy"] > 0
+    assert res["goals"]["faster_than_swarm"] == res["goals"]["faster_than_swarm_stop-first"]
+    assert "Corral/Swarm" in out and "goal: faster than Swarm, both with their default update order" in out
+    assert "also timed: faster than Swarm with start-first" in out and "without Corral's server and agents" in out
     assert "PRE-PULLED" in out and "CPU core-s during the update" in out
 
     gap = res["gap"]
