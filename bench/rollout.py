@@ -25,6 +25,8 @@ Everything runs on this machine, on real processes, in one run:
 - Both orders: stop-first and start-first. Runs are sequential and never overlap (each
   workload is removed, and its containers are gone, before the next one is deployed);
   stop-first runs Corral then Swarm, start-first Swarm then Corral.
+- Goals: faster than Swarm with both tools' default order (stop-first), and no gap in answers
+  during a start-first update (the issue's two); start-first's time is compared as well.
 - Command (Corral and Swarm alike): ``sh -c 'trap "exit 0" TERM; while :; do sleep 1 & wait;
   done'``: a sleep loop that exits on SIGTERM at once (``sleep`` as PID 1 ignores SIGTERM,
   and every replaced container would wait out the 10 s stop grace period).
