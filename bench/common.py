@@ -1,5 +1,5 @@
-"""What every bench script shares: its error type, SIGTERM handling, progress log, Engine API calls
-and the machine's busy CPU.
+"""What every bench script shares: its error type, SIGTERM handling, progress log, Engine API and
+docker CLI calls, and the machine's busy CPU.
 
 Bench scripts run as ``python bench/NAME.py`` (the repository root is put on
 ``sys.path`` first), print their figures on stdout and their progress on stderr.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -17,6 +18,7 @@ from typing import Any
 from testbed.daemons import docker_request
 
 API = "/v1.41"  # the Engine API version the benches speak (Debian 12's docker.io serves it)
+DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 
 
 def busy_core_seconds() -> float:
@@ -54,3 +56,17 @@ def engine(host: str, method: str, path: str, body: Any = None, timeout: float =
 def q(filters: dict[str, list[str]], **extra: str) -> str:
     """``?filters=...`` (and any other parameters) for an Engine API path."""
     return "?" + urllib.parse.urlencode({"filters": json.dumps(filters), **extra})
+
+
+def containers(host: str, label: str) -> list[dict[str, Any]]:
+    """The engine's containers (running or not) with this label (``key=value`` or ``key``)."""
+    return engine(host, "GET", "/containers/json" + q({"label": [label]}, all="1")) or []
+
+
+def cli(host: str, *args: str, timeout: float = 120) -> str:
+    """``docker -H HOST ARGS...``: its stdout, or BenchError with its stderr."""
+    res = subprocess.run([DOCKER_CLI, "-H", host, *args], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if res.returncode != 0:
+        raise BenchError(f"docker {' '.join(args[:3])}...: {res.stderr.strip()}")
+    return res.stdout.strip()

@@ -44,7 +44,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,14 +55,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import BenchError, engine, on_sigterm, q  # noqa: E402
+from bench.common import DOCKER_CLI, BenchError, cli, containers, engine, on_sigterm, q  # noqa: E402
 from corral.agent.reconciler import parse_docker_time  # noqa: E402
 from testbed.cluster import AgentProc, ServerProc, wait_for  # noqa: E402
 from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import build_busybox  # noqa: E402
 from testbed.netns import NetnsHost  # noqa: E402
 
-DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 TRAP_SCRIPT = 'trap "exit 0" TERM; while :; do sleep 1 & wait; done'
 TRAP_CMD = ["sh", "-c", TRAP_SCRIPT]
 HOST_NAME = "bench-lat"
@@ -75,12 +73,6 @@ METHODS = ("docker run", "swarm", "corral")
 
 
 # ---------------------------------------------------------------- engine helpers
-
-
-
-
-def containers(host: str, label: str) -> list[dict[str, Any]]:
-    return engine(host, "GET", "/containers/json" + q({"label": [label]}, all="1")) or []
 
 
 def wait_containers_gone(host: str, label: str) -> None:
@@ -95,14 +87,6 @@ def container_times(host: str, cid: str) -> tuple[float, float]:
         return 0.0, 0.0
     return (parse_docker_time(str(info.get("Created", ""))),
             parse_docker_time(str(info.get("State", {}).get("StartedAt", ""))))
-
-
-def cli(host: str, *args: str, timeout: float = RUN_TIMEOUT) -> str:
-    res = subprocess.run([DOCKER_CLI, "-H", host, *args], capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    if res.returncode != 0:
-        raise BenchError(f"docker {' '.join(args[:3])}...: {res.stderr.strip()}")
-    return res.stdout.strip()
 
 
 # ---------------------------------------------------------------- one run per method
@@ -124,7 +108,7 @@ def split(t0_wall: float, created: float, started: float, total: float) -> Sampl
 def run_docker(host: str, ref: str, i: int) -> Sample:
     t0_wall = time.time()
     t0 = time.perf_counter()
-    cid = cli(host, "run", "-d", "--label", "bench=docker-run", ref, *TRAP_CMD)
+    cid = cli(host, "run", "-d", "--label", "bench=docker-run", ref, *TRAP_CMD, timeout=RUN_TIMEOUT)
     total = time.perf_counter() - t0
     created, started = container_times(host, cid)
     engine(host, "DELETE", f"/containers/{cid}?force=1")
@@ -136,7 +120,7 @@ def run_swarm(host: str, ref: str, i: int) -> Sample:
     name = f"s{i}"
     t0_wall = time.time()
     t0 = time.perf_counter()
-    cli(host, "service", "create", "--detach", "--name", name, ref, *TRAP_CMD)
+    cli(host, "service", "create", "--detach", "--name", name, ref, *TRAP_CMD, timeout=RUN_TIMEOUT)
     deadline = t0 + RUN_TIMEOUT
     task: dict[str, Any] | None = None
     while True:
@@ -338,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         with server.client() as c:
             wait_for(lambda: [h for h in c.get("/api/v1/hosts").json() if h["state"] == "ready"],
                      30, "the agent's host to be ready")
-        cli(dh, "swarm", "init", "--advertise-addr", "127.0.0.1")
+        cli(dh, "swarm", "init", "--advertise-addr", "127.0.0.1", timeout=RUN_TIMEOUT)
         swarm_on = True
         corral = lat = Corral(server, dh, args.corral_poll)
         run: dict[str, Callable[[int], Sample]] = {
@@ -349,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         cli_times = []
         for _ in range(10):
             t0 = time.perf_counter()
-            cli(dh, "version", "--format", "{{.Server.Version}}")
+            cli(dh, "version", "--format", "{{.Server.Version}}", timeout=RUN_TIMEOUT)
             cli_times.append(time.perf_counter() - t0)
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         total_rounds = args.warmup + args.runs
@@ -367,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release(),
             "runs": args.runs, "warmup": args.warmup, "image": ref, "command": TRAP_CMD,
-            "engine_version": cli(dh, "version", "--format", "{{.Server.Version}}"),
-            "cli": DOCKER_CLI, "cli_version": cli(dh, "version", "--format", "{{.Client.Version}}"),
+            "engine_version": cli(dh, "version", "--format", "{{.Server.Version}}", timeout=RUN_TIMEOUT),
+            "cli": DOCKER_CLI, "cli_version": cli(dh, "version", "--format", "{{.Client.Version}}",
+                                                    timeout=RUN_TIMEOUT),
             "cli_overhead": statistics.median(cli_times),
             "load_before": load_before,
             "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -385,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             corral.close()
         if host is not None and swarm_on:
             try:
-                cli(host.docker_host, "swarm", "leave", "--force")
+                cli(host.docker_host, "swarm", "leave", "--force", timeout=RUN_TIMEOUT)
             except Exception as exc:  # keep cleaning
                 print(f"swarm leave: {exc}", file=sys.stderr)
         if agent is not None:

@@ -91,7 +91,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import API, BenchError, busy_core_seconds, engine, log, on_sigterm, q  # noqa: E402
+from bench.common import (  # noqa: E402
+    API,
+    BenchError,
+    busy_core_seconds,
+    cli,
+    containers,
+    engine,
+    log,
+    on_sigterm,
+    q,
+)
 from testbed.cluster import AgentProc, ServerProc  # noqa: E402
 from testbed.daemons import ensure_registry  # noqa: E402
 from testbed.images import (  # noqa: E402
@@ -110,7 +120,6 @@ from testbed.images import (  # noqa: E402
 )
 from testbed.netns import NetnsHost  # noqa: E402
 
-DOCKER_CLI = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 IMAGE_REPO = "corral/bench-rollout"
 HOSTS = (("bench-ro1", 211), ("bench-ro2", 212), ("bench-ro3", 213))  # bridges 172.31.21x.1/24
 TRAP_SCRIPT = 'trap "exit 0" TERM; while :; do sleep 1 & wait; done'
@@ -153,23 +162,6 @@ def wait(pred: Any, timeout: float, what: str, dl: Deadline, interval: float = 0
         if time.monotonic() > end:
             raise BenchError(f"timed out after {timeout:.0f} s (or the global deadline) waiting for {what}")
         time.sleep(interval)
-
-
-# ---------------------------------------------------------------- engine helpers
-
-
-
-
-def containers(host: str, label: str) -> list[dict[str, Any]]:
-    return engine(host, "GET", "/containers/json" + q({"label": [label]}, all="1")) or []
-
-
-def cli(host: str, *args: str, timeout: float = 120) -> str:
-    res = subprocess.run([DOCKER_CLI, "-H", host, *args], capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    if res.returncode != 0:
-        raise BenchError(f"docker {' '.join(args[:3])}...: {res.stderr.strip()}")
-    return res.stdout.strip()
 
 
 class EventTap:
@@ -816,6 +808,11 @@ def cpu_floor(rounds: list[dict[str, Any]], cpus: int) -> dict[str, float] | Non
             "cpu_ratio": corral / swarm, "cpu_ratio_without_control_plane": (corral - control) / swarm}
 
 
+def _verdict(ok: bool | None) -> str:
+    """A goal's line: PASS, FAIL, or n/a when it was not measured (None)."""
+    return "PASS" if ok else "FAIL" if ok is False else "n/a"
+
+
 def fmt(x: float | None, w: int = 7, p: int = 2) -> str:
     return f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else " " * (w - 1) + "-"
 
@@ -858,7 +855,7 @@ def report(out: dict[str, Any]) -> None:
     print()
     for order in m["orders"]:
         ok = out["goals"].get(f"faster_than_swarm_{order}")
-        verdict = "PASS" if ok else "FAIL" if ok is False else "n/a"
+        verdict = _verdict(ok)
         if order == "stop-first":
             print(f"goal: faster than Swarm, both with their default update order (stop-first): {verdict}")
         else:  # the issue names start-first for the gap; its time is measured as well
@@ -866,8 +863,7 @@ def report(out: dict[str, Any]) -> None:
     g = out.get("gap") or {}
     verdict = g.get("verdict", "not measured")
     ok = out["goals"].get("no_gap_start_first")
-    print(f"goal: no gap in answers during start-first: {'PASS' if ok else 'FAIL' if ok is False else 'n/a'} "
-          f"({verdict})")
+    print(f"goal: no gap in answers during start-first: {_verdict(ok)} ({verdict})")
 
     print()
     print("Where the time goes (engine events of every container of the service; seconds):")
