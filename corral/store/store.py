@@ -165,6 +165,8 @@ _PLAN_SERVICE = (select(SERVICES.c.name, SERVICES.c.pending_reason, SERVICES.c.r
 _LEAVING = select(INSTANCES.c.id, INSTANCES.c.host_id, INSTANCES.c.slot).where(INSTANCES.c.id.in_(_ids()))
 _DELETE_INSTANCES = delete(INSTANCES).where(INSTANCES.c.id.in_(_ids()))
 _NEXT_ADDRESS = update(HOSTS).where(HOSTS.c.id == bindparam("host_id")).values(next_address=bindparam("next"))
+_ADDRESSES_ON = (select(INSTANCES.c.host_id, INSTANCES.c.address)
+                 .where(INSTANCES.c.host_id.in_(_ids()), INSTANCES.c.address != ""))
 _OVERLAY_HOSTS_OF = (select(HOSTS.c.id, HOSTS.c.subnet, HOSTS.c.overlay, HOSTS.c.next_address)
                      .where(HOSTS.c.id.in_(_ids()), HOSTS.c.subnet.is_not(None)))
 TOKEN_MEMORY = 2.0  # seconds a valid token is taken as valid without asking the database
@@ -981,8 +983,7 @@ class Store:
         if not hosts:
             return {}
         used: dict[str, set[str]] = defaultdict(set)
-        for host_id, address in s.execute(select(INSTANCES.c.host_id, INSTANCES.c.address).where(
-                INSTANCES.c.host_id.in_(hosts), INSTANCES.c.address != "")):
+        for host_id, address in s.execute(_ADDRESSES_ON, {"ids": list(hosts)}):
             used[host_id].add(address)
         out: dict[str, str] = {}
         for new in add:
